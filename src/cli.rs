@@ -1,0 +1,77 @@
+//! Command line: subcommands and one flag per configuration key, generated from the key table
+//! so flags, environment variables and TOML keys stay one set.
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use crate::config::{keys, ConfigError, Explicit, Layers, Origin, Settings};
+
+pub fn command() -> Command {
+    let settings_args: Vec<Arg> = keys::ALL
+        .iter()
+        .map(|k| {
+            let mut help = k.help.to_owned();
+            if let Some(d) = k.default {
+                help.push_str(&format!(" [default: {d}]"));
+            }
+            help.push_str(&format!(" [toml: {}]", k.toml));
+            Arg::new(k.flag)
+                .long(k.flag)
+                .env(k.env)
+                .value_name("VALUE")
+                .help(help)
+                .num_args(1)
+        })
+        .collect();
+    let config_arg = Arg::new("config")
+        .long("config")
+        .short('c')
+        .env("RDPWIRE_CONFIG")
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help("TOML configuration file (lowest precedence after built-in defaults)");
+    Command::new("rdpwire")
+        .about("Web gateway for remote desktops: RDP in, WebSocket + WebCodecs out, bounded memory")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            Command::new("serve")
+                .about("Run the gateway")
+                .arg(config_arg.clone())
+                .args(settings_args.clone()),
+        )
+        .subcommand(
+            Command::new("check-config")
+                .about("Validate the configuration and print the memory plan, then exit")
+                .arg(config_arg)
+                .args(settings_args)
+                .arg(
+                    Arg::new("json")
+                        .long("json")
+                        .action(ArgAction::SetTrue)
+                        .help("print the plan as JSON"),
+                ),
+        )
+}
+
+/// Settings from a subcommand's matches: CLI and environment first, then the file.
+pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
+    let mut explicit = Explicit::new();
+    for k in keys::ALL {
+        if let Some(v) = m.get_one::<String>(k.flag) {
+            let origin = match m.value_source(k.flag) {
+                Some(ValueSource::EnvVariable) => Origin::Environment,
+                _ => Origin::CommandLine,
+            };
+            explicit.insert(k.toml, (v.clone(), origin));
+        }
+    }
+    let mut layers = Layers::new(explicit);
+    if let Some(path) = m.get_one::<PathBuf>("config") {
+        layers = layers.with_file(path)?;
+    }
+    layers.resolve()
+}

@@ -1,0 +1,70 @@
+//! The one table of settings. CLI flags, `RDPWIRE_*` environment variables, TOML keys and the
+//! reference in the README are all derived from it, so the three sources can never drift apart.
+
+/// One setting: where it can be given and what it defaults to.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Dotted TOML path, e.g. `memory.budget`; also the name used in error messages.
+    pub toml: &'static str,
+    /// Long CLI flag without the dashes.
+    pub flag: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Default as it would be written on the command line; `None` when computed at start-up.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+macro_rules! keys {
+    ($($name:ident: $toml:literal, $flag:literal, $env:literal, $default:expr, $help:literal;)*) => {
+        $(pub const $name: Key = Key { toml: $toml, flag: $flag, env: $env, default: $default, help: $help };)*
+        pub const ALL: &[Key] = &[$($name),*];
+    };
+}
+
+keys! {
+    LISTEN: "server.listen", "listen", "RDPWIRE_LISTEN", Some("127.0.0.1:8080"),
+        "address and port for HTTP and WebSocket (port 0 picks a free port)";
+    CORES: "server.cores", "cores", "RDPWIRE_CORES", None,
+        "number of executors; default: every CPU in the process's affinity mask";
+    DRAIN_TIMEOUT: "server.drain_timeout", "drain-timeout", "RDPWIRE_DRAIN_TIMEOUT", Some("30s"),
+        "how long running sessions may continue after SIGTERM";
+    HTTP_TIMEOUT: "server.http_timeout", "http-timeout", "RDPWIRE_HTTP_TIMEOUT", Some("10s"),
+        "time a client has to send a complete HTTP request head";
+    MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
+        "HTTP connections per core that may be reading a request at once";
+    WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("64KiB"),
+        "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
+    LOG_FORMAT: "server.log_format", "log-format", "RDPWIRE_LOG_FORMAT", Some("human"),
+        "log format: human or json";
+    MEMORY_BUDGET: "memory.budget", "memory-budget", "RDPWIRE_MEMORY_BUDGET", None,
+        "memory the gateway may use; default: 90% of the cgroup v2 memory.max, else 1GiB";
+    MAX_SESSIONS: "memory.max_sessions", "max-sessions", "RDPWIRE_MAX_SESSIONS", None,
+        "lower the session cap computed from the budget";
+    PREFAULT: "memory.prefault", "prefault", "RDPWIRE_PREFAULT", Some("false"),
+        "touch every arena page at start-up";
+    MLOCK: "memory.mlock", "mlock", "RDPWIRE_MLOCK", Some("false"),
+        "lock the arenas in RAM (needs a memlock limit above the arena size)";
+    HUGE_PAGES: "memory.huge_pages", "huge-pages", "RDPWIRE_HUGE_PAGES", Some("false"),
+        "ask for transparent huge pages for the arenas where the kernel allows";
+    FRAME_CHUNK_SIZE: "memory.frame_chunk_size", "frame-chunk-size", "RDPWIRE_FRAME_CHUNK_SIZE", Some("16KiB"),
+        "size of one frame chunk slot";
+    FRAME_CHUNKS: "memory.frame_chunks", "frame-chunks", "RDPWIRE_FRAME_CHUNKS", Some("16"),
+        "frame chunk slots per session";
+    SURFACE_DESC_SIZE: "memory.surface_desc_size", "surface-desc-size", "RDPWIRE_SURFACE_DESC_SIZE", Some("256B"),
+        "size of one surface descriptor slot";
+    SURFACE_DESCS: "memory.surface_descs", "surface-descs", "RDPWIRE_SURFACE_DESCS", Some("16"),
+        "surface descriptor slots per session";
+    AUDIO_BUF_SIZE: "memory.audio_buf_size", "audio-buf-size", "RDPWIRE_AUDIO_BUF_SIZE", Some("4KiB"),
+        "size of one audio buffer slot";
+    AUDIO_BUFS: "memory.audio_bufs", "audio-bufs", "RDPWIRE_AUDIO_BUFS", Some("8"),
+        "audio buffer slots per session";
+    BROWSER_SNDBUF: "memory.browser_sndbuf", "browser-sndbuf", "RDPWIRE_BROWSER_SNDBUF", Some("32KiB"),
+        "SO_SNDBUF of browser sockets (the kernel doubles it; the doubled value is budgeted)";
+    BROWSER_RCVBUF: "memory.browser_rcvbuf", "browser-rcvbuf", "RDPWIRE_BROWSER_RCVBUF", Some("8KiB"),
+        "SO_RCVBUF of browser sockets";
+    SERVER_SNDBUF: "memory.server_sndbuf", "server-sndbuf", "RDPWIRE_SERVER_SNDBUF", Some("8KiB"),
+        "SO_SNDBUF of RDP server sockets";
+    SERVER_RCVBUF: "memory.server_rcvbuf", "server-rcvbuf", "RDPWIRE_SERVER_RCVBUF", Some("32KiB"),
+        "SO_RCVBUF of RDP server sockets";
+}

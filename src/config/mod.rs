@@ -1,0 +1,337 @@
+//! Settings from three layers in a fixed precedence: command line, then `RDPWIRE_*` environment
+//! variables, then the TOML file, then built-in defaults. Every value is parsed and checked here,
+//! once, so a bad value is refused at start-up naming the key, the value, where it came from and
+//! why — never later in a session.
+
+pub mod keys;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arena::PoolSpec;
+
+pub use keys::Key;
+
+/// Where a value came from; shown in error messages so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    CommandLine,
+    Environment,
+    File(PathBuf),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::CommandLine => f.write_str("from the command line"),
+            Origin::Environment => f.write_str("from the environment"),
+            Origin::File(p) => write!(f, "from {}", p.display()),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key} = {value:?} ({origin}): {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        why: String,
+    },
+    #[error("cannot read configuration file {}: {err}", path.display())]
+    ReadFile { path: PathBuf, err: std::io::Error },
+    #[error("configuration file {} is not valid TOML: {msg}", path.display())]
+    Toml { path: PathBuf, msg: String },
+    #[error("configuration file {}: unknown key {key:?}", path.display())]
+    UnknownKey { path: PathBuf, key: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Requested socket buffer sizes. Linux doubles what is requested to cover its bookkeeping,
+/// and the doubled value is what the memory budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    pub browser_sndbuf: usize,
+    pub browser_rcvbuf: usize,
+    pub server_sndbuf: usize,
+    pub server_rcvbuf: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pools {
+    pub frame_chunk: PoolSpec,
+    pub surface_desc: PoolSpec,
+    pub audio_buf: PoolSpec,
+}
+
+/// Everything `serve` needs, fully validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub cores: Option<usize>,
+    pub drain_timeout: Duration,
+    pub http_timeout: Duration,
+    pub max_pending_http: usize,
+    pub ws_max_message: usize,
+    pub log_format: LogFormat,
+    pub memory_budget: Option<u64>,
+    pub max_sessions: Option<usize>,
+    pub prefault: bool,
+    pub mlock: bool,
+    pub huge_pages: bool,
+    pub pools: Pools,
+    pub sockets: SocketBuffers,
+}
+
+/// Values given explicitly on the command line or in the environment, keyed by TOML name.
+pub type Explicit = BTreeMap<&'static str, (String, Origin)>;
+
+/// The layers before parsing.
+#[derive(Debug, Default)]
+pub struct Layers {
+    explicit: Explicit,
+    file: BTreeMap<String, String>,
+    file_path: Option<PathBuf>,
+}
+
+impl Layers {
+    pub fn new(explicit: Explicit) -> Self {
+        Layers {
+            explicit,
+            ..Layers::default()
+        }
+    }
+
+    /// Adds the TOML file layer. Unknown keys are refused: a typo must not silently fall back
+    /// to a default.
+    pub fn with_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::ReadFile {
+            path: path.to_owned(),
+            err,
+        })?;
+        self = self.with_file_text(path, &text)?;
+        Ok(self)
+    }
+
+    pub fn with_file_text(mut self, path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: path.to_owned(),
+            msg: e.message().to_owned(),
+        })?;
+        let mut flat = BTreeMap::new();
+        flatten("", &toml::Value::Table(table), &mut flat);
+        for key in flat.keys() {
+            if !keys::ALL.iter().any(|k| k.toml == key) {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                });
+            }
+        }
+        self.file = flat;
+        self.file_path = Some(path.to_owned());
+        Ok(self)
+    }
+
+    fn raw(&self, key: Key) -> Option<(String, Origin)> {
+        if let Some((v, o)) = self.explicit.get(key.toml) {
+            return Some((v.clone(), o.clone()));
+        }
+        if let (Some(v), Some(p)) = (self.file.get(key.toml), &self.file_path) {
+            return Some((v.clone(), Origin::File(p.clone())));
+        }
+        key.default.map(|d| (d.to_owned(), Origin::Default))
+    }
+
+    /// Parses an optional value with `parse`, turning its complaint into a keyed error.
+    fn get<T>(
+        &self,
+        key: Key,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((value, origin)) => match parse(value.trim()) {
+                Ok(v) => Ok(Some(v)),
+                Err(why) => Err(ConfigError::Invalid {
+                    key: key.toml,
+                    value,
+                    origin,
+                    why,
+                }),
+            },
+        }
+    }
+
+    /// For keys that have a built-in default: a missing value cannot happen.
+    fn req<T>(
+        &self,
+        key: Key,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.get(key, parse)?.ok_or(ConfigError::Invalid {
+            key: key.toml,
+            value: String::new(),
+            origin: Origin::Default,
+            why: "no value and no default".to_owned(),
+        })
+    }
+
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        use keys::*;
+        use parse::{bool_value, count, duration, log_format, size, socket_addr, socket_buffer};
+        let pool = |size_key: Key, count_key: Key| -> Result<PoolSpec, ConfigError> {
+            Ok(PoolSpec {
+                slot_size: self.req(size_key, |s| size(s, 64, 16 << 20))?,
+                slots_per_session: self.req(count_key, |s| count(s, 1, 4096))?,
+            })
+        };
+        Ok(Settings {
+            listen: self.req(LISTEN, socket_addr)?,
+            cores: self.get(CORES, |s| count(s, 1, 4096))?,
+            drain_timeout: self.req(DRAIN_TIMEOUT, |s| {
+                duration(s, Duration::ZERO, Duration::from_secs(24 * 3600))
+            })?,
+            http_timeout: self.req(HTTP_TIMEOUT, |s| {
+                duration(s, Duration::from_millis(100), Duration::from_secs(300))
+            })?,
+            max_pending_http: self.req(MAX_PENDING_HTTP, |s| count(s, 1, 65536))?,
+            ws_max_message: self.req(WS_MAX_MESSAGE, |s| size(s, 1024, 16 << 20))?,
+            log_format: self.req(LOG_FORMAT, log_format)?,
+            memory_budget: self
+                .get(MEMORY_BUDGET, |s| size(s, 1 << 20, usize::MAX))?
+                .map(|b| b as u64),
+            max_sessions: self.get(MAX_SESSIONS, |s| count(s, 1, 1 << 24))?,
+            prefault: self.req(PREFAULT, bool_value)?,
+            mlock: self.req(MLOCK, bool_value)?,
+            huge_pages: self.req(HUGE_PAGES, bool_value)?,
+            pools: Pools {
+                frame_chunk: pool(FRAME_CHUNK_SIZE, FRAME_CHUNKS)?,
+                surface_desc: pool(SURFACE_DESC_SIZE, SURFACE_DESCS)?,
+                audio_buf: pool(AUDIO_BUF_SIZE, AUDIO_BUFS)?,
+            },
+            sockets: SocketBuffers {
+                browser_sndbuf: self.req(BROWSER_SNDBUF, socket_buffer)?,
+                browser_rcvbuf: self.req(BROWSER_RCVBUF, socket_buffer)?,
+                server_sndbuf: self.req(SERVER_SNDBUF, socket_buffer)?,
+                server_rcvbuf: self.req(SERVER_RCVBUF, socket_buffer)?,
+            },
+        })
+    }
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn explicit(pairs: &[(&'static str, &str, Origin)]) -> Explicit {
+        pairs
+            .iter()
+            .map(|(k, v, o)| (*k, ((*v).to_owned(), o.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Layers::default().resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
+        assert_eq!(s.pools.frame_chunk.slot_size, 16 * 1024);
+        assert_eq!(s.memory_budget, None);
+        assert_eq!(s.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn precedence_is_cli_then_env_then_file_then_default() {
+        let file = "[memory]\nbudget = \"64MiB\"\nmax_sessions = 7\n[server]\ncores = 1\n";
+        let layers = Layers::new(explicit(&[
+            ("memory.budget", "128MiB", Origin::CommandLine),
+            ("memory.max_sessions", "3", Origin::Environment),
+        ]))
+        .with_file_text(Path::new("x.toml"), file)
+        .unwrap();
+        let s = layers.resolve().unwrap();
+        assert_eq!(s.memory_budget, Some(128 << 20));
+        assert_eq!(s.max_sessions, Some(3));
+        assert_eq!(s.cores, Some(1));
+        assert_eq!(s.http_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_value_names_key_value_origin_and_reason() {
+        let layers = Layers::new(explicit(&[("memory.budget", "lots", Origin::Environment)]));
+        let msg = layers.resolve().unwrap_err().to_string();
+        assert!(msg.contains("memory.budget"), "{msg}");
+        assert!(msg.contains("\"lots\""), "{msg}");
+        assert!(msg.contains("from the environment"), "{msg}");
+        assert!(msg.contains("size"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let err = Layers::default()
+            .with_file_text(Path::new("r.toml"), "[memory]\nbudgett = \"1GiB\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("memory.budgett"), "{err}");
+    }
+
+    #[test]
+    fn file_values_of_any_toml_type_parse() {
+        let s = Layers::default()
+            .with_file_text(
+                Path::new("r.toml"),
+                "[memory]\nprefault = true\nframe_chunks = 32\n[server]\nlog_format = \"json\"\n",
+            )
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(s.prefault);
+        assert_eq!(s.pools.frame_chunk.slots_per_session, 32);
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn file_origin_is_reported() {
+        let err = Layers::default()
+            .with_file_text(Path::new("gw.toml"), "[server]\nlisten = \"nowhere\"\n")
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("from gw.toml"), "{err}");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+    }
+}

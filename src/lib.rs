@@ -1,0 +1,13 @@
+//! rdpwire: a web gateway for remote desktops. See `docs/architecture.md` for the codemap.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod protocol;
+pub mod runtime;
+pub mod session;
+pub mod sizing;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,215 @@
+//! One accepted connection: read a request head within the timeout, answer it, or hand the
+//! socket to a WebSocket session. A connection holds a session slot only from a valid,
+//! admitted upgrade on; slow and malformed requests are answered 4xx and closed.
+
+use std::net::{Shutdown as NetShutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::http::request::{parse_head, RequestHead};
+use crate::http::response::{switching_protocols, Response};
+use crate::http::route::{route, Route};
+use crate::http::HttpError;
+use crate::sizing::HTTP_HEAD_LIMIT;
+use crate::telemetry::CoreCounters;
+
+use super::core::Core;
+use super::websocket;
+
+/// Seconds a refused client is asked to wait before retrying.
+const RETRY_FULL_SECS: u32 = 5;
+const RETRY_DRAINING_SECS: u32 = 30;
+/// After an error response, how long unread request bytes are drained so the close is a FIN,
+/// not a reset that could destroy the response before the client reads it.
+const LINGER: Duration = Duration::from_millis(500);
+
+pub async fn handle(core: Rc<Core>, stream: std::net::TcpStream, peer: SocketAddr) {
+    let stream = match stream.set_nonblocking(true) {
+        Ok(()) => TcpStream::from(socket2::Socket::from(stream)),
+        Err(err) => {
+            debug!(%peer, %err, "dropping connection");
+            return;
+        }
+    };
+    if core.pending_http.get() >= core.settings.max_pending_http {
+        CoreCounters::inc(&core.counters.http_rejected);
+        let r = Response::unavailable(
+            "busy: too many connections are sending requests to this core; retry shortly",
+            1,
+        );
+        respond_and_close(stream, &r, false).await;
+        return;
+    }
+    core.pending_http.set(core.pending_http.get() + 1);
+    let mut stream = stream;
+    let mut buf = vec![0u8; HTTP_HEAD_LIMIT];
+    let timeout = core.settings.http_timeout;
+    let head = futures_lite::future::or(read_head(&mut stream, &mut buf), async {
+        glommio::timer::sleep(timeout).await;
+        Err(HttpError::Timeout(timeout))
+    })
+    .await;
+    core.pending_http
+        .set(core.pending_http.get().saturating_sub(1));
+
+    let (head, consumed, filled) = match head {
+        Ok(h) => h,
+        Err(HttpError::Incomplete) => return,
+        Err(err) => {
+            CoreCounters::inc(&core.counters.http_rejected);
+            let status = match err {
+                HttpError::Timeout(_) => 408,
+                HttpError::HeadTooLarge { .. } => 431,
+                _ => 400,
+            };
+            debug!(%peer, %err, status, "rejected request");
+            respond_and_close(stream, &Response::text(status, &err.to_string()), false).await;
+            return;
+        }
+    };
+    CoreCounters::inc(&core.counters.http_requests);
+    let head_only = head.method == "HEAD";
+    let response = match route(&head) {
+        Route::WebSocket => {
+            let leftover = buf.get(consumed..filled).unwrap_or(&[]).to_vec();
+            drop(buf);
+            upgrade(core, stream, &head, leftover, peer).await;
+            return;
+        }
+        Route::Asset(a) => Response::new(200, a.content_type, a.body),
+        Route::Healthz => Response::text(200, "ok"),
+        Route::Readyz => match core.telemetry.not_ready_reason() {
+            None => Response::text(200, "ready"),
+            Some(reason) => Response::unavailable(reason, RETRY_FULL_SECS),
+        },
+        Route::Metrics => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            core.telemetry.render_prometheus(),
+        ),
+        Route::NotFound => Response::text(404, &format!("no such page: {}", head.path)),
+        Route::MethodNotAllowed => Response::text(
+            405,
+            &format!("method {} is not allowed on {}", head.method, head.path),
+        )
+        .with_header(
+            "Allow",
+            if head.path == "/ws" {
+                "GET"
+            } else {
+                "GET, HEAD"
+            },
+        ),
+    };
+    respond_and_close(stream, &response, head_only).await;
+}
+
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+) -> Result<(RequestHead, usize, usize), HttpError> {
+    let mut filled = 0;
+    loop {
+        let room = buf.get_mut(filled..).unwrap_or(&mut []);
+        if room.is_empty() {
+            return Err(HttpError::HeadTooLarge {
+                limit: HTTP_HEAD_LIMIT,
+            });
+        }
+        let n = stream.read(room).await.map_err(|_| HttpError::Incomplete)?;
+        if n == 0 {
+            return Err(HttpError::Incomplete);
+        }
+        filled += n;
+        if let Some((head, consumed)) =
+            parse_head(buf.get(..filled).unwrap_or(&[]), HTTP_HEAD_LIMIT)?
+        {
+            return Ok((head, consumed, filled));
+        }
+    }
+}
+
+async fn upgrade(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+) {
+    let accept = head.to_http().and_then(|req| {
+        tungstenite::handshake::server::create_response(&req)
+            .map_err(|e| HttpError::BadUpgrade(e.to_string()))
+    });
+    let accept = match accept {
+        Ok(a) => a,
+        Err(err) => {
+            CoreCounters::inc(&core.counters.http_rejected);
+            respond_and_close(stream, &Response::text(400, &err.to_string()), false).await;
+            return;
+        }
+    };
+    if core.telemetry.is_draining() {
+        CoreCounters::inc(&core.counters.sessions_refused);
+        let r = Response::unavailable(
+            "draining: this gateway is shutting down and takes no new sessions",
+            RETRY_DRAINING_SECS,
+        );
+        respond_and_close(stream, &r, false).await;
+        return;
+    }
+    let share = match core.arena.admit() {
+        Ok(share) => share,
+        Err(_) => {
+            CoreCounters::inc(&core.counters.sessions_refused);
+            info!(%peer, cpu = core.cpu, capacity = core.capacity, "session refused: core full");
+            let r = Response::unavailable(
+                &format!(
+                    "full: all {} session slots of this gateway core are in use (memory budget); retry later",
+                    core.capacity
+                ),
+                RETRY_FULL_SECS,
+            );
+            respond_and_close(stream, &r, false).await;
+            return;
+        }
+    };
+    if stream
+        .write_all(&switching_protocols(&accept))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    websocket::run(core, stream, leftover, share, peer).await;
+}
+
+/// Writes the response, half-closes, and drains briefly so the peer sees the whole response.
+async fn respond_and_close(mut stream: TcpStream, response: &Response, head_only: bool) {
+    if stream
+        .write_all(&response.to_bytes(head_only))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.flush().await;
+    let _ = stream.shutdown(NetShutdown::Write).await;
+    let mut sink = [0u8; 1024];
+    let _ = futures_lite::future::or(
+        async {
+            let mut drained = 0usize;
+            while drained < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        },
+        glommio::timer::sleep(LINGER),
+    )
+    .await;
+}
