@@ -17,6 +17,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A panic is a bug; it is reported as one line in the log, not as a backtrace on stderr.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        tracing::error!(%thread, %location, %message, "internal error (panic)");
+    }));
+}
+
 fn main() -> ExitCode {
     let matches = cli::command().get_matches();
     let Some((name, sub)) = matches.subcommand() else {
@@ -46,6 +67,7 @@ fn main() -> ExitCode {
         },
         _ => {
             init_logging(settings.log_format);
+            install_panic_hook();
             match runtime::serve(settings, |_| {}) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {

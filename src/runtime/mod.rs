@@ -7,6 +7,7 @@ mod core;
 mod plan;
 mod shutdown;
 mod supervisor;
+mod uring;
 mod websocket;
 
 pub use plan::{plan, Plan};
@@ -24,13 +25,7 @@ pub enum RuntimeError {
         addr: std::net::SocketAddr,
         err: std::io::Error,
     },
-    #[error(
-        "cannot start the executor for CPU {cpu}: io_uring could not be set up: {detail}. \
-         rdpwire runs on io_uring: in a container, use a seccomp profile that allows \
-         io_uring_setup, io_uring_enter and io_uring_register (Docker's default profile blocks \
-         them; docs/deploy.md ships one), and give the process a memlock limit of at least \
-         512 KiB (ulimit -l, docker run --ulimit memlock=…); the kernel must be 5.8 or newer"
-    )]
+    #[error("cannot start the executor for CPU {cpu}: io_uring could not be set up: {}", explain_io_uring(.detail))]
     IoUring { cpu: usize, detail: String },
     #[error("cannot map the memory arena for CPU {cpu}: {err}")]
     Arena { cpu: usize, err: arena::ArenaError },
@@ -40,4 +35,33 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("executor for CPU {cpu} stopped unexpectedly")]
     ExecutorLost { cpu: usize },
+    #[error("executor for CPU {cpu} failed: {message}")]
+    ExecutorPanicked { cpu: usize, message: String },
+}
+
+/// Turns glommio's set-up error into what happened and how to fix it.
+fn explain_io_uring(detail: &str) -> String {
+    if detail.contains("MemLockLimit") {
+        format!(
+            "the memlock limit (RLIMIT_MEMLOCK) is below the 512 KiB io_uring needs ({detail}). \
+             Fix: raise it: `ulimit -l 1024` in the shell, `LimitMEMLOCK=1M` in a systemd unit, \
+             `docker run --ulimit memlock=1048576:1048576` in a container"
+        )
+    } else if detail.contains("os error 1)") || detail.contains("os error 13)") {
+        format!(
+            "the kernel refused the io_uring system calls ({detail}). A seccomp profile blocks \
+             them (Docker's default profile does) or the sysctl kernel.io_uring_disabled is set. \
+             Fix: run the container with the profile that allows io_uring_setup, io_uring_enter \
+             and io_uring_register (`docker run --security-opt seccomp=docs/deploy/seccomp-io-uring.json`, \
+             see docs/deploy.md), or set kernel.io_uring_disabled=0"
+        )
+    } else if detail.contains("os error 38)") {
+        format!("this kernel has no io_uring ({detail}). Fix: run on Linux 5.8 or newer")
+    } else {
+        format!(
+            "{detail}. rdpwire needs io_uring: Linux 5.8 or newer, a memlock limit of at least \
+             512 KiB, and in containers a seccomp profile that allows io_uring_setup, \
+             io_uring_enter and io_uring_register (see docs/deploy.md)"
+        )
+    }
 }

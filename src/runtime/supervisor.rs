@@ -130,7 +130,11 @@ pub fn serve(
                 stop(&stopping, &listeners);
                 return Err(err);
             }
-            Ok(Note::Exited(_)) => exited += 1,
+            Ok(Note::Exited(index)) => {
+                stop(&stopping, &listeners);
+                let cpu = plan.cpus.get(index).copied().unwrap_or(index);
+                return Err(RuntimeError::ExecutorLost { cpu });
+            }
             Ok(Note::Signal(_)) | Err(_) => {
                 stop(&stopping, &listeners);
                 return Ok(());
@@ -147,10 +151,7 @@ pub fn serve(
                 info!(signal = sig, "signal received: draining");
                 break None;
             }
-            Ok(Note::Exited(index))
-            | Ok(Note::Failed(RuntimeError::ExecutorLost { cpu: index })) => {
-                break Some(plan.cpus.get(index).copied().unwrap_or(index))
-            }
+            Ok(Note::Exited(index)) => break Some(plan.cpus.get(index).copied().unwrap_or(index)),
             Ok(_) => {}
             Err(_) => break Some(0),
         }
@@ -222,10 +223,24 @@ fn spawn_executor(
     std::thread::Builder::new()
         .name(format!("rdpwire-cpu{cpu}"))
         .spawn(move || {
-            let ex = match build_executor(cpu) {
-                Ok(ex) => ex,
-                Err(e) => {
+            // Tells the supervisor this executor is gone however the thread ends, panics
+            // included, so it never waits on a dead core.
+            let _exit = ExitNotice {
+                index,
+                tx: tx.clone(),
+            };
+            let built = std::panic::catch_unwind(|| build_executor(cpu));
+            let ex = match built {
+                Ok(Ok(ex)) => ex,
+                Ok(Err(e)) => {
                     let _ = tx.send(Note::Failed(e));
+                    return;
+                }
+                Err(payload) => {
+                    let _ = tx.send(Note::Failed(RuntimeError::ExecutorPanicked {
+                        cpu,
+                        message: panic_message(&payload),
+                    }));
                     return;
                 }
             };
@@ -272,14 +287,33 @@ fn spawn_executor(
             });
             let _ = tx.send(Note::Ready);
             ex.run(core.run(listener, stopping));
-            let _ = tx.send(Note::Exited(index));
         })
         .map_err(|err| RuntimeError::Thread { cpu, err })
+}
+
+struct ExitNotice {
+    index: usize,
+    tx: mpsc::Sender<Note>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Note::Exited(self.index));
+    }
+}
+
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// A pinned executor whose blocking pool (two threads: one accepts, one is free for other
 /// blocking calls) runs on the same CPU.
 fn build_executor(cpu: usize) -> Result<glommio::LocalExecutor, RuntimeError> {
+    super::uring::preflight(cpu)?;
     let io_err = |detail: String| RuntimeError::IoUring { cpu, detail };
     let online =
         CpuSet::online().map_err(|e| io_err(format!("reading the CPU topology failed: {e}")))?;
