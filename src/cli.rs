@@ -17,12 +17,17 @@ pub fn command() -> Command {
                 help.push_str(&format!(" [default: {d}]"));
             }
             help.push_str(&format!(" [toml: {}]", k.toml));
-            Arg::new(k.flag)
+            let arg = Arg::new(k.flag)
                 .long(k.flag)
                 .env(k.env)
                 .value_name("VALUE")
-                .help(help)
-                .num_args(1)
+                .help(help);
+            // Switches read naturally alone (`--prefault`) and still take a value.
+            if k.default == Some("false") {
+                arg.num_args(0..=1).default_missing_value("true")
+            } else {
+                arg.num_args(1)
+            }
         })
         .collect();
     let config_arg = Arg::new("config")

@@ -207,21 +207,29 @@ impl Telemetry {
                 .map(|c| (format!("{{cpu=\"{}\"}}", c.cpu), f(&c.counters)))
                 .collect()
         };
-        let mut active = one(self.sessions_active());
-        active.extend(per_core(&|c| c.sessions_active.load(Relaxed)));
         metric(
             "rdpwire_sessions_active",
             "gauge",
-            "Sessions running now (unlabelled: all cores).",
-            &active,
+            "Sessions running now.",
+            &one(self.sessions_active()),
         );
-        let mut cap = one(self.sessions_capacity());
-        cap.extend(per_core(&|c| c.sessions_capacity.load(Relaxed)));
         metric(
             "rdpwire_sessions_capacity",
             "gauge",
-            "Sessions the memory budget admits (unlabelled: all cores).",
-            &cap,
+            "Sessions the memory budget admits.",
+            &one(self.sessions_capacity()),
+        );
+        metric(
+            "rdpwire_core_sessions_active",
+            "gauge",
+            "Sessions running now, per executor CPU.",
+            &per_core(&|c| c.sessions_active.load(Relaxed)),
+        );
+        metric(
+            "rdpwire_core_sessions_capacity",
+            "gauge",
+            "Sessions the executor's arena admits, per executor CPU.",
+            &per_core(&|c| c.sessions_capacity.load(Relaxed)),
         );
         metric(
             "rdpwire_sessions_total",
@@ -334,7 +342,7 @@ mod tests {
         assert!(text.contains("rdpwire_executors 2\n"), "{text}");
         assert!(text.contains("rdpwire_sessions_active 2\n"), "{text}");
         assert!(
-            text.contains("rdpwire_sessions_active{cpu=\"1\"} 0\n"),
+            text.contains("rdpwire_core_sessions_active{cpu=\"1\"} 0\n"),
             "{text}"
         );
         assert!(text.contains("rdpwire_bytes_total{direction=\"browser_out\"} 7\n"));

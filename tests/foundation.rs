@@ -426,7 +426,7 @@ fn io_uring_blocked_by_seccomp_explains_the_fix() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("io_uring could not be set up"), "{err}");
     assert!(err.contains("seccomp profile blocks them"), "{err}");
-    assert!(err.contains("seccomp-io-uring.json"), "{err}");
+    assert!(err.contains("--security-opt seccomp="), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -462,4 +462,48 @@ fn seccomp_exec_helper() {
         .env_remove(SECCOMP_HELPER)
         .exec();
     panic!("exec failed: {err}");
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn prefault_makes_the_arena_resident_at_start() {
+    let args = ["--cores", "1", "--memory-budget", "64MiB"];
+    let lazy = Gateway::start(&args);
+    let mut with = args.to_vec();
+    with.push("--prefault");
+    let eager = Gateway::start(&with);
+    let arena = (plan(&args)["max_sessions"].as_u64().unwrap())
+        * plan(&args)["per_session"]["pools"].as_u64().unwrap();
+    let (l, e) = (rss_bytes(lazy.child.id()), rss_bytes(eager.child.id()));
+    assert!(e >= l + arena * 9 / 10, "lazy {l} eager {e} arena {arena}");
+}
+
+#[test]
+fn mlock_beyond_the_memlock_limit_is_a_clear_start_up_error() {
+    // Root may lock without limit (CAP_IPC_LOCK): drop the capability so the limit applies.
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-ipc_lock",
+            "prlimit",
+            "--memlock=4194304:4194304",
+        ])
+        .args(["timeout", "20", BIN, "serve", "--listen", "127.0.0.1:0"])
+        .args(["--cores", "1", "--memory-budget", "64MiB", "--mlock"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot map the memory arena for CPU"), "{err}");
+    assert!(err.contains("cannot lock"), "{err}");
+    assert!(err.contains("Fix: raise the memlock limit"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

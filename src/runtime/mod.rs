@@ -27,7 +27,7 @@ pub enum RuntimeError {
     },
     #[error("cannot start the executor for CPU {cpu}: io_uring could not be set up: {}", explain_io_uring(.detail))]
     IoUring { cpu: usize, detail: String },
-    #[error("cannot map the memory arena for CPU {cpu}: {err}")]
+    #[error("cannot map the memory arena for CPU {cpu}: {}", explain_arena(.err))]
     Arena { cpu: usize, err: arena::ArenaError },
     #[error("cannot start a thread for CPU {cpu}: {err}")]
     Thread { cpu: usize, err: std::io::Error },
@@ -51,9 +51,10 @@ fn explain_io_uring(detail: &str) -> String {
         format!(
             "the kernel refused the io_uring system calls ({detail}). A seccomp profile blocks \
              them (Docker's default profile does) or the sysctl kernel.io_uring_disabled is set. \
-             Fix: run the container with the profile that allows io_uring_setup, io_uring_enter \
-             and io_uring_register (`docker run --security-opt seccomp=docs/deploy/seccomp-io-uring.json`, \
-             see docs/deploy.md), or set kernel.io_uring_disabled=0"
+             Fix: run the container with a seccomp profile that also allows io_uring_setup, \
+             io_uring_enter and io_uring_register (`docker run --security-opt seccomp=PROFILE`; \
+             docs/deploy.md shows how to make one from Docker's default), or set \
+             kernel.io_uring_disabled=0"
         )
     } else if detail.contains("os error 38)") {
         format!("this kernel has no io_uring ({detail}). Fix: run on Linux 5.8 or newer")
@@ -64,4 +65,20 @@ fn explain_io_uring(detail: &str) -> String {
              io_uring_enter and io_uring_register (see docs/deploy.md)"
         )
     }
+}
+
+/// The arena's error with the operating system's reason and, for `mlock`, the fix.
+fn explain_arena(err: &arena::ArenaError) -> String {
+    use std::error::Error as _;
+    let mut text = err.to_string();
+    if let Some(source) = err.source() {
+        text.push_str(&format!(": {source}"));
+    }
+    if matches!(err, arena::ArenaError::Lock { .. }) {
+        text.push_str(
+            ". Fix: raise the memlock limit above the arena size (ulimit -l, LimitMEMLOCK= in a \
+             systemd unit, docker run --ulimit memlock=…) or run without --mlock",
+        );
+    }
+    text
 }
