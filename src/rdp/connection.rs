@@ -127,6 +127,7 @@ pub fn server_public_key(host: &str, cert_der: &[u8]) -> Result<Vec<u8>, RdpErro
 
 /// Words for a connector error in `phase`.
 pub fn explain(target: &Target, phase: Phase, err: &ConnectorError) -> RdpError {
+    tracing::debug!(host = target.host, ?phase, err = %err.report(), "connector error");
     let host = target.host.clone();
     match err.kind() {
         ConnectorErrorKind::Negotiation(failure) => RdpError::Negotiation {
@@ -136,8 +137,13 @@ pub fn explain(target: &Target, phase: Phase, err: &ConnectorError) -> RdpError 
         ConnectorErrorKind::AccessDenied => RdpError::AuthFailed {
             user: display_user(target),
         },
-        ConnectorErrorKind::Credssp(_) if phase == Phase::Credssp => RdpError::AuthFailed {
-            user: display_user(target),
+        ConnectorErrorKind::Credssp(e) => match e.nstatus {
+            Some(status) => explain_nstatus(target, status.0),
+            None => RdpError::Protocol {
+                host,
+                phase: Phase::Credssp.doing(),
+                why: format!("{:?}: {}", e.error_type, e.description),
+            },
         },
         // A server that rejects NLA credentials may simply close the connection.
         _ if phase == Phase::Credssp && io_cause(err).is_some_and(is_closed) => {
@@ -156,6 +162,34 @@ pub fn explain(target: &Target, phase: Phase, err: &ConnectorError) -> RdpError 
                 why: err.report().to_string(),
             },
         },
+    }
+}
+
+/// The server's NTSTATUS for a refused logon, in words. Anything not listed is a plain
+/// rejection of the credentials.
+fn explain_nstatus(target: &Target, status: u32) -> RdpError {
+    let user = display_user(target);
+    let why = match status {
+        0xC000_0071 | 0xC000_0224 => "the password has expired and must be changed",
+        0xC000_0072 => "the account is disabled",
+        0xC000_0234 => "the account is locked out",
+        0xC000_0193 => "the account has expired",
+        0xC000_006F => "the account may not log on at this time of day",
+        0xC000_0070 => "the account may not log on from this computer",
+        0xC000_015B => "the account is not granted remote desktop logon on this server",
+        0xC000_006E => "an account restriction prevents the logon",
+        _ => {
+            tracing::debug!(
+                user,
+                status = format_args!("0x{status:08x}"),
+                "logon refused"
+            );
+            return RdpError::AuthFailed { user };
+        }
+    };
+    RdpError::AccountRefused {
+        user,
+        why: why.to_owned(),
     }
 }
 
@@ -231,6 +265,27 @@ mod tests {
         let mut t = target();
         t.domain = Some("CORP".into());
         assert_eq!(display_user(&t), "CORP\\bob");
+    }
+
+    #[test]
+    fn logon_statuses_are_worded() {
+        let status = |code| {
+            let e = ironrdp_connector::sspi::Error::new_with_nstatus(
+                ironrdp_connector::sspi::ErrorKind::InvalidToken,
+                "CredSSP server returned an error status",
+                ironrdp_connector::sspi::credssp::NStatusCode(code),
+            );
+            let err = ConnectorError::new("CredSSP", ConnectorErrorKind::Credssp(e));
+            explain(&target(), Phase::Credssp, &err).to_string()
+        };
+        assert_eq!(
+            status(0xC000_006D),
+            "authentication failed for user 'bob': the server rejected the credentials"
+        );
+        assert_eq!(
+            status(0xC000_0234),
+            "user 'bob' cannot log on: the account is locked out"
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum RdpError {
     Tls(#[from] TlsError),
     #[error("authentication failed for user '{user}': the server rejected the credentials")]
     AuthFailed { user: String },
+    #[error("user '{user}' cannot log on: {why}")]
+    AccountRefused { user: String, why: String },
     #[error("{host} refused the security negotiation: {why}")]
     Negotiation { host: String, why: String },
     #[error("{host} did not complete the RDP connection within {secs} s")]
