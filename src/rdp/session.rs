@@ -451,3 +451,267 @@ impl Session {
 fn has_fastpath_input(flags: InputFlags) -> bool {
     flags.intersects(InputFlags::FASTPATH_INPUT | InputFlags::FASTPATH_INPUT_2)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::any::TypeId;
+    use std::borrow::Cow;
+
+    use ironrdp_connector::connection_activation::ConnectionActivationFactory;
+    use ironrdp_core::encode_vec;
+    use ironrdp_dvc::pdu::{CreateRequestPdu, DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
+    use ironrdp_dvc::DrdynvcClient;
+    use ironrdp_egfx::pdu::{
+        CapabilitiesConfirmPdu, CapabilitiesV81Flags, CapabilitySet, EndFramePdu,
+        FrameAcknowledgePdu, GfxPdu, StartFramePdu, Timestamp,
+    };
+    use ironrdp_graphics::zgfx;
+    use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, DisconnectReason, SendDataIndication};
+    use ironrdp_pdu::rdp::headers::{ServerDeactivateAll, ShareControlHeader, ShareControlPdu};
+    use ironrdp_pdu::x224::X224;
+    use ironrdp_svc::{server_encode_svc_messages, SvcMessage};
+
+    use super::*;
+    use crate::rdp::connection;
+    use crate::rdp::egfx::GfxEvent;
+    use crate::rdp::input::InputEvent;
+    use crate::rdp::target::{Target, TlsPolicy};
+
+    const USER_CHANNEL: u16 = 1001;
+    const IO_CHANNEL: u16 = 1003;
+    const DRDYNVC_CHANNEL: u16 = 1004;
+    const GFX_DVC: u32 = 5;
+
+    fn session() -> Session {
+        let target = Target {
+            host: "test-host".into(),
+            port: 3389,
+            username: "bob".into(),
+            password: "pw".into(),
+            domain: None,
+            tls: TlsPolicy::Insecure,
+        };
+        let size = DesktopSize {
+            width: 1280,
+            height: 720,
+        };
+        let mut static_channels = ironrdp_svc::StaticChannelSet::new();
+        static_channels.insert(DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()));
+        static_channels.attach_channel_id(TypeId::of::<DrdynvcClient>(), DRDYNVC_CHANNEL);
+        let result = ConnectionResult {
+            io_channel_id: IO_CHANNEL,
+            user_channel_id: USER_CHANNEL,
+            message_channel_id: None,
+            share_id: 1,
+            static_channels,
+            desktop_size: size,
+            input_flags: InputFlags::FASTPATH_INPUT,
+            enable_server_pointer: true,
+            pointer_software_rendering: false,
+            refresh_rect_support: false,
+            suppress_output_support: false,
+            window_support_level: None,
+            monitor_layout: None,
+            activation_factory: ConnectionActivationFactory::new(
+                connection::config(&target, size),
+                IO_CHANNEL,
+                USER_CHANNEL,
+            ),
+            compression_type: None,
+        };
+        Session::new("test-host", result)
+    }
+
+    fn dvc(pdu: DrdynvcServerPdu) -> Vec<u8> {
+        server_encode_svc_messages(vec![SvcMessage::from(pdu)], DRDYNVC_CHANNEL, USER_CHANNEL)
+            .unwrap()
+    }
+
+    fn gfx(pdus: &[GfxPdu]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for p in pdus {
+            raw.extend(encode_vec(p).unwrap());
+        }
+        dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            zgfx::wrap_uncompressed(&raw),
+        ))))
+    }
+
+    fn io_channel(pdu: ShareControlPdu) -> Vec<u8> {
+        let header = encode_vec(&ShareControlHeader {
+            share_control_pdu: pdu,
+            pdu_source: USER_CHANNEL,
+            share_id: 1,
+        })
+        .unwrap();
+        encode_vec(&X224(SendDataIndication {
+            initiator_id: USER_CHANNEL,
+            channel_id: IO_CHANNEL,
+            user_data: Cow::Owned(header),
+        }))
+        .unwrap()
+    }
+
+    /// A session whose graphics channel the server has opened.
+    fn open_session() -> Session {
+        let mut s = session();
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Connected {
+                width: 1280,
+                height: 720
+            })
+        );
+        let mut out = Vec::new();
+        let create = dvc(DrdynvcServerPdu::Create(CreateRequestPdu::new(
+            GFX_DVC,
+            crate::rdp::egfx::CHANNEL_NAME.to_owned(),
+        )));
+        s.process(Action::X224, &create, None, &mut out).unwrap();
+        assert!(
+            !out.is_empty(),
+            "create response and capabilities advertise"
+        );
+        s
+    }
+
+    #[test]
+    fn graphics_commands_become_events_and_frames_are_acknowledged() {
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let frame = gfx(&[
+            GfxPdu::CapabilitiesConfirm(CapabilitiesConfirmPdu::from_typed(&CapabilitySet::V8_1 {
+                flags: CapabilitiesV81Flags::AVC420_ENABLED,
+            })),
+            GfxPdu::StartFrame(StartFramePdu {
+                timestamp: Timestamp {
+                    milliseconds: 0,
+                    seconds: 0,
+                    minutes: 0,
+                    hours: 0,
+                },
+                frame_id: 9,
+            }),
+            GfxPdu::EndFrame(EndFramePdu { frame_id: 9 }),
+        ]);
+        s.process(Action::X224, &frame, None, &mut out).unwrap();
+        assert!(s.has_events());
+        let events: Vec<_> = std::iter::from_fn(|| s.next_event()).collect();
+        assert!(matches!(
+            events[0],
+            RdpEvent::Graphics(GfxEvent::CapsConfirmed { .. })
+        ));
+        assert_eq!(
+            events[2],
+            RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 9 })
+        );
+        assert!(!s.has_events());
+
+        out.clear();
+        s.ack_frame(9, QueueDepth::AvailableBytes(4096), &mut out)
+            .unwrap();
+        let ack = encode_vec(&GfxPdu::FrameAcknowledge(FrameAcknowledgePdu {
+            queue_depth: QueueDepth::AvailableBytes(4096),
+            frame_id: 9,
+            total_frames_decoded: 1,
+        }))
+        .unwrap();
+        assert!(out.windows(ack.len()).any(|w| w == ack.as_slice()));
+
+        out.clear();
+        s.input(&[InputEvent::MouseMove { x: 5, y: 6 }], &mut out)
+            .unwrap();
+        assert!(!out.is_empty());
+    }
+
+    #[test]
+    fn malformed_graphics_end_with_the_channel_error() {
+        let mut s = open_session();
+        let bad = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            zgfx::wrap_uncompressed(&[0x0c, 0, 0, 0, 0xff, 0, 0, 0]),
+        ))));
+        let err = s
+            .process(Action::X224, &bad, None, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, RdpError::Graphics { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("test-host: graphics channel: malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn graphics_before_the_channel_opens_cannot_be_acknowledged() {
+        let mut s = session();
+        let err = s
+            .ack_frame(1, QueueDepth::Unavailable, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the graphics channel to test-host is not open yet"
+        );
+    }
+
+    #[test]
+    fn deactivate_all_starts_reactivation() {
+        let mut s = open_session();
+        let mut out = Vec::new();
+        s.process(
+            Action::X224,
+            &io_channel(ShareControlPdu::ServerDeactivateAll(ServerDeactivateAll)),
+            None,
+            &mut out,
+        )
+        .unwrap();
+        assert!(s.is_reactivating());
+        // Input waits for the new activation; stray graphics are dropped.
+        out.clear();
+        s.input(&[InputEvent::MouseMove { x: 1, y: 1 }], &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        s.process(Action::FastPath, &[0, 3, 0], None, &mut out)
+            .unwrap();
+        assert!(s.is_reactivating());
+    }
+
+    #[test]
+    fn server_disconnect_is_reported_in_words() {
+        let mut s = open_session();
+        let ultimatum = encode_vec(&X224(DisconnectProviderUltimatum {
+            reason: DisconnectReason::ProviderInitiated,
+        }))
+        .unwrap();
+        s.process(Action::X224, &ultimatum, None, &mut Vec::new())
+            .unwrap();
+        assert!(s.is_ended());
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Disconnected {
+                reason: "server initiated disconnect".into()
+            })
+        );
+        assert_eq!(s.next_event(), None);
+        let err = s
+            .input(&[InputEvent::MouseMove { x: 1, y: 1 }], &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the RDP session with test-host has ended");
+    }
+
+    #[test]
+    fn a_closed_transport_ends_the_session() {
+        let mut s = session();
+        s.next_event();
+        s.transport_closed("the server closed the connection".into());
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Disconnected {
+                reason: "the server closed the connection".into()
+            })
+        );
+    }
+}
