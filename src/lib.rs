@@ -6,6 +6,7 @@ pub mod config;
 pub mod host;
 pub mod http;
 pub mod protocol;
+pub mod rdp;
 pub mod runtime;
 pub mod session;
 pub mod sizing;

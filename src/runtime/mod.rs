@@ -5,6 +5,7 @@ mod accept;
 mod connection;
 mod core;
 mod plan;
+pub mod rdp_client;
 mod shutdown;
 mod supervisor;
 mod uring;

@@ -1,0 +1,717 @@
+//! The active RDP session, sans-IO: PDUs from the server in, bytes for the server and
+//! [`RdpEvent`]s out. It owns `ironrdp_session::ActiveStage` with a 1×1 image — graphics go
+//! through the graphics pipeline channel untouched, so no framebuffer of the desktop's size
+//! ever exists — and it runs the Deactivation-Reactivation Sequence when the server asks.
+//!
+//! The caller reads one PDU, calls [`Session::process`], writes what it appended to `out`,
+//! and takes every event with [`Session::next_event`] before reading the next PDU. That order
+//! is what bounds the event queue (see `egfx`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ironrdp_connector::connection_activation::{
+    ConnectionActivationFactory, ConnectionActivationSequence, ConnectionActivationState,
+};
+use ironrdp_connector::{ConnectionResult, DesktopSize, Sequence as _};
+use ironrdp_core::{MonotonicInstant, WriteBuf};
+use ironrdp_egfx::pdu::QueueDepth;
+use ironrdp_graphics::image_processing::PixelFormat;
+use ironrdp_pdu::rdp::capability_sets::InputFlags;
+use ironrdp_pdu::Action;
+use ironrdp_session::image::DecodedImage;
+use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput, SessionError};
+use tracing::{debug, info, warn};
+
+use super::egfx::GfxChannel;
+use super::input::InputEvent;
+use super::{PointerEvent, RdpError, RdpEvent};
+
+/// Session-level events a single PDU can add (pointer updates, reactivation); the graphics
+/// events are bounded by the channel itself.
+const MAX_SESSION_EVENTS: usize = 64;
+
+pub struct Session {
+    host: String,
+    stage: ActiveStage,
+    image: DecodedImage,
+    factory: ConnectionActivationFactory,
+    reactivation: Option<ConnectionActivationSequence>,
+    desktop: DesktopSize,
+    fastpath_input: bool,
+    events: VecDeque<RdpEvent>,
+    ended: Option<String>,
+    ended_reported: bool,
+}
+
+impl Session {
+    /// The session after a completed connection sequence. Its first event is
+    /// [`RdpEvent::Connected`].
+    pub fn new(host: &str, result: ConnectionResult) -> Session {
+        let ConnectionResult {
+            io_channel_id,
+            user_channel_id,
+            message_channel_id,
+            share_id,
+            static_channels,
+            desktop_size,
+            input_flags,
+            enable_server_pointer,
+            pointer_software_rendering,
+            window_support_level,
+            activation_factory,
+            compression_type,
+            ..
+        } = result;
+        let mut stage = ActiveStageBuilder {
+            static_channels,
+            user_channel_id,
+            io_channel_id,
+            message_channel_id,
+            share_id,
+            compression_type,
+            enable_server_pointer,
+            pointer_software_rendering,
+        }
+        .build();
+        stage.set_window_support_level(window_support_level);
+        let fastpath_input = has_fastpath_input(input_flags);
+        if !fastpath_input {
+            warn!(host, "server does not accept fast-path input");
+        }
+        info!(
+            host,
+            width = desktop_size.width,
+            height = desktop_size.height,
+            "rdp session active"
+        );
+        let mut events = VecDeque::new();
+        events.push_back(RdpEvent::Connected {
+            width: desktop_size.width,
+            height: desktop_size.height,
+        });
+        Session {
+            host: host.to_owned(),
+            stage,
+            image: DecodedImage::new(PixelFormat::RgbA32, 1, 1),
+            factory: activation_factory,
+            reactivation: None,
+            desktop: desktop_size,
+            fastpath_input,
+            events,
+            ended: None,
+            ended_reported: false,
+        }
+    }
+
+    pub fn desktop_size(&self) -> DesktopSize {
+        self.desktop
+    }
+
+    /// True once the session is over: no more PDUs should be read.
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// True while a reactivation is in progress (input is not accepted then).
+    pub fn is_reactivating(&self) -> bool {
+        self.reactivation.is_some()
+    }
+
+    /// The next event: session events, then graphics events in the order received, and the
+    /// disconnection last.
+    pub fn next_event(&mut self) -> Option<RdpEvent> {
+        if let Some(ev) = self.events.pop_front() {
+            return Some(ev);
+        }
+        if let Some(ev) = self.with_gfx(GfxChannel::pop_event).flatten() {
+            return Some(RdpEvent::Graphics(ev));
+        }
+        if !self.ended_reported {
+            if let Some(reason) = &self.ended {
+                self.ended_reported = true;
+                return Some(RdpEvent::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// True when [`Session::next_event`] has something.
+    pub fn has_events(&mut self) -> bool {
+        !self.events.is_empty()
+            || self.with_gfx(|g| g.queued().0 > 0).unwrap_or(false)
+            || (self.ended.is_some() && !self.ended_reported)
+    }
+
+    /// Runs `f` on the graphics channel, if the server has opened it. (`DynamicChannelMut`
+    /// only lends the processor for its own lifetime, hence the closure.)
+    fn with_gfx<R>(&mut self, f: impl FnOnce(&mut GfxChannel) -> R) -> Option<R> {
+        self.stage
+            .get_dvc_mut::<GfxChannel>()
+            .map(|mut c| f(c.processor_mut()))
+    }
+
+    /// Marks the session over because the transport closed, with `reason` in words.
+    pub fn transport_closed(&mut self, reason: String) {
+        if self.ended.is_none() {
+            info!(host = self.host, %reason, "rdp session ended");
+            self.ended = Some(reason);
+        }
+    }
+
+    /// Feeds one PDU from the server. Bytes to send back are appended to `out`.
+    pub fn process(
+        &mut self,
+        action: Action,
+        frame: &[u8],
+        received_at: Option<MonotonicInstant>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        if self.reactivation.is_some() {
+            return self.reactivate_step(frame, received_at, out);
+        }
+        let outputs = match self
+            .stage
+            .process(&mut self.image, action, frame, received_at)
+        {
+            Ok(o) => o,
+            Err(err) => return Err(self.session_error("processing a PDU", &err)),
+        };
+        for output in outputs {
+            self.handle_output(output, out)?;
+        }
+        Ok(())
+    }
+
+    fn handle_output(
+        &mut self,
+        output: ActiveStageOutput,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        match output {
+            ActiveStageOutput::ResponseFrame(bytes) => out.extend_from_slice(&bytes),
+            ActiveStageOutput::GraphicsUpdate(_) => {}
+            ActiveStageOutput::PointerDefault => {
+                self.push(RdpEvent::Pointer(PointerEvent::Default))?
+            }
+            ActiveStageOutput::PointerHidden => {
+                self.push(RdpEvent::Pointer(PointerEvent::Hidden))?
+            }
+            ActiveStageOutput::PointerPosition { x, y } => {
+                self.push(RdpEvent::Pointer(PointerEvent::Position { x, y }))?
+            }
+            ActiveStageOutput::PointerBitmap(p) => {
+                let rgba = Arc::new(p.bitmap_data.clone());
+                self.push(RdpEvent::Pointer(PointerEvent::Bitmap {
+                    width: p.width,
+                    height: p.height,
+                    hotspot_x: p.hotspot_x,
+                    hotspot_y: p.hotspot_y,
+                    rgba,
+                }))?
+            }
+            ActiveStageOutput::Terminate(reason) => {
+                let reason = reason.description();
+                info!(host = self.host, %reason, "server ended the rdp session");
+                self.ended = Some(reason);
+            }
+            ActiveStageOutput::DeactivateAll => {
+                info!(
+                    host = self.host,
+                    "server deactivated the session; reactivating"
+                );
+                self.reactivation = Some(self.factory.create());
+            }
+            ActiveStageOutput::ServerRedirection(_) => {
+                return Err(RdpError::Redirected {
+                    host: self.host.clone(),
+                })
+            }
+            ActiveStageOutput::LogonErrors(info) => {
+                warn!(host = self.host, ?info, "server reported a logon error");
+            }
+            other => debug!(host = self.host, output = ?other, "ignored session output"),
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, ev: RdpEvent) -> Result<(), RdpError> {
+        if self.events.len() >= MAX_SESSION_EVENTS {
+            // Pointer updates are superseded by later ones; dropping the oldest is harmless.
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+        Ok(())
+    }
+
+    /// Drives the reactivation sequence with one PDU; PDUs it does not expect (graphics that
+    /// were in flight) are dropped, as the connector does during the first activation.
+    fn reactivate_step(
+        &mut self,
+        frame: &[u8],
+        received_at: Option<MonotonicInstant>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        let host = self.host.clone();
+        let protocol = |why: String| RdpError::Protocol {
+            host: host.clone(),
+            phase: "reactivating the session",
+            why,
+        };
+        let Some(seq) = self.reactivation.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = WriteBuf::new();
+        if let Some(hint) = seq.next_pdu_hint() {
+            match hint.find_size(frame) {
+                Ok(Some((true, _))) => {
+                    seq.step(frame, received_at, &mut buf)
+                        .map_err(|e| protocol(e.report().to_string()))?;
+                    out.extend_from_slice(buf.filled());
+                }
+                Ok(_) => {
+                    debug!(
+                        host = self.host,
+                        "dropping a PDU received during reactivation"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(protocol(e.to_string())),
+            }
+        }
+        // Steps that need no input (the client's side of the finalization) run now.
+        while !seq.state().is_terminal() && seq.next_pdu_hint().is_none() {
+            buf.clear();
+            seq.step_no_input(&mut buf)
+                .map_err(|e| protocol(e.report().to_string()))?;
+            out.extend_from_slice(buf.filled());
+        }
+        match seq.connection_activation_state() {
+            ConnectionActivationState::Finalized {
+                desktop_size,
+                share_id,
+                input_flags,
+                static_channel_chunk_size,
+                enable_server_pointer,
+                pointer_software_rendering,
+                window_support_level,
+                ..
+            } => {
+                let io = seq.io_channel_id();
+                let user = seq.user_channel_id();
+                self.reactivation = None;
+                if !self.stage.reactivate(
+                    io,
+                    user,
+                    share_id,
+                    enable_server_pointer,
+                    pointer_software_rendering,
+                    static_channel_chunk_size,
+                ) {
+                    return Err(protocol(format!(
+                        "the server's virtual channel chunk size {static_channel_chunk_size} is invalid"
+                    )));
+                }
+                self.stage.set_window_support_level(window_support_level);
+                self.fastpath_input = has_fastpath_input(input_flags);
+                self.desktop = desktop_size;
+                info!(
+                    host = self.host,
+                    width = desktop_size.width,
+                    height = desktop_size.height,
+                    "rdp session reactivated"
+                );
+                self.push(RdpEvent::Reactivated {
+                    width: desktop_size.width,
+                    height: desktop_size.height,
+                })?;
+            }
+            ConnectionActivationState::Redirected { .. } => {
+                return Err(RdpError::Redirected {
+                    host: self.host.clone(),
+                })
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Encodes input events; the bytes to send are appended to `out`.
+    pub fn input(&mut self, events: &[InputEvent], out: &mut Vec<u8>) -> Result<(), RdpError> {
+        self.check_live()?;
+        if self.reactivation.is_some() {
+            debug!(host = self.host, "dropping input during reactivation");
+            return Ok(());
+        }
+        if !self.fastpath_input {
+            return Err(RdpError::NoFastPathInput {
+                host: self.host.clone(),
+            });
+        }
+        let fast = super::input::encode(events);
+        if fast.is_empty() {
+            return Ok(());
+        }
+        let outputs = self
+            .stage
+            .process_fastpath_input(&mut self.image, &fast)
+            .map_err(|e| self.session_error("encoding input", &e))?;
+        for output in outputs {
+            if let ActiveStageOutput::ResponseFrame(bytes) = output {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a graphics frame acknowledgement; the bytes are appended to `out`.
+    pub fn ack_frame(
+        &mut self,
+        frame_id: u32,
+        queue_depth: QueueDepth,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        self.check_live()?;
+        let host = self.host.clone();
+        let (channel_id, message) = {
+            let mut dvc = self
+                .stage
+                .get_dvc_mut::<GfxChannel>()
+                .ok_or_else(|| RdpError::GraphicsNotOpen { host: host.clone() })?;
+            let id = dvc.channel_id();
+            (
+                id,
+                dvc.processor_mut().frame_acknowledge(frame_id, queue_depth),
+            )
+        };
+        let svc = ironrdp_dvc::encode_dvc_messages(
+            channel_id,
+            vec![message],
+            ironrdp_svc::ChannelFlags::empty(),
+        )
+        .map_err(|e| RdpError::Protocol {
+            host: host.clone(),
+            phase: "acknowledging a frame",
+            why: e.to_string(),
+        })?;
+        let bytes = self
+            .stage
+            .encode_dvc_messages(svc)
+            .map_err(|e| self.session_error("acknowledging a frame", &e))?;
+        out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Asks the server to end the session; it answers by disconnecting.
+    pub fn shutdown(&mut self, out: &mut Vec<u8>) -> Result<(), RdpError> {
+        self.check_live()?;
+        let outputs = self
+            .stage
+            .graceful_shutdown()
+            .map_err(|e| self.session_error("shutting down", &e))?;
+        for output in outputs {
+            if let ActiveStageOutput::ResponseFrame(bytes) = output {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_live(&self) -> Result<(), RdpError> {
+        if self.ended.is_some() {
+            Err(RdpError::Ended {
+                host: self.host.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A session error, preferring the graphics channel's own account of it.
+    fn session_error(&mut self, doing: &'static str, err: &SessionError) -> RdpError {
+        if let Some(gfx_err) = self.with_gfx(GfxChannel::take_error).flatten() {
+            return RdpError::Graphics {
+                host: self.host.clone(),
+                err: gfx_err,
+            };
+        }
+        RdpError::Protocol {
+            host: self.host.clone(),
+            phase: doing,
+            why: err.report().to_string(),
+        }
+    }
+}
+
+fn has_fastpath_input(flags: InputFlags) -> bool {
+    flags.intersects(InputFlags::FASTPATH_INPUT | InputFlags::FASTPATH_INPUT_2)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::any::TypeId;
+    use std::borrow::Cow;
+
+    use ironrdp_connector::connection_activation::ConnectionActivationFactory;
+    use ironrdp_core::encode_vec;
+    use ironrdp_dvc::pdu::{CreateRequestPdu, DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
+    use ironrdp_dvc::DrdynvcClient;
+    use ironrdp_egfx::pdu::{
+        CapabilitiesConfirmPdu, CapabilitiesV81Flags, CapabilitySet, EndFramePdu,
+        FrameAcknowledgePdu, GfxPdu, StartFramePdu, Timestamp,
+    };
+    use ironrdp_graphics::zgfx;
+    use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, DisconnectReason, SendDataIndication};
+    use ironrdp_pdu::rdp::headers::{ServerDeactivateAll, ShareControlHeader, ShareControlPdu};
+    use ironrdp_pdu::x224::X224;
+    use ironrdp_svc::{server_encode_svc_messages, SvcMessage};
+
+    use super::*;
+    use crate::rdp::connection;
+    use crate::rdp::egfx::GfxEvent;
+    use crate::rdp::input::InputEvent;
+    use crate::rdp::target::{Target, TlsPolicy};
+
+    const USER_CHANNEL: u16 = 1001;
+    const IO_CHANNEL: u16 = 1003;
+    const DRDYNVC_CHANNEL: u16 = 1004;
+    const GFX_DVC: u32 = 5;
+
+    fn session() -> Session {
+        let target = Target {
+            host: "test-host".into(),
+            port: 3389,
+            username: "bob".into(),
+            password: "pw".into(),
+            domain: None,
+            tls: TlsPolicy::Insecure,
+        };
+        let size = DesktopSize {
+            width: 1280,
+            height: 720,
+        };
+        let mut static_channels = ironrdp_svc::StaticChannelSet::new();
+        static_channels.insert(DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()));
+        static_channels.attach_channel_id(TypeId::of::<DrdynvcClient>(), DRDYNVC_CHANNEL);
+        let result = ConnectionResult {
+            io_channel_id: IO_CHANNEL,
+            user_channel_id: USER_CHANNEL,
+            message_channel_id: None,
+            share_id: 1,
+            static_channels,
+            desktop_size: size,
+            input_flags: InputFlags::FASTPATH_INPUT,
+            enable_server_pointer: true,
+            pointer_software_rendering: false,
+            refresh_rect_support: false,
+            suppress_output_support: false,
+            window_support_level: None,
+            monitor_layout: None,
+            activation_factory: ConnectionActivationFactory::new(
+                connection::config(&target, size),
+                IO_CHANNEL,
+                USER_CHANNEL,
+            ),
+            compression_type: None,
+        };
+        Session::new("test-host", result)
+    }
+
+    fn dvc(pdu: DrdynvcServerPdu) -> Vec<u8> {
+        server_encode_svc_messages(vec![SvcMessage::from(pdu)], DRDYNVC_CHANNEL, USER_CHANNEL)
+            .unwrap()
+    }
+
+    fn gfx(pdus: &[GfxPdu]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for p in pdus {
+            raw.extend(encode_vec(p).unwrap());
+        }
+        dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            zgfx::wrap_uncompressed(&raw),
+        ))))
+    }
+
+    fn io_channel(pdu: ShareControlPdu) -> Vec<u8> {
+        let header = encode_vec(&ShareControlHeader {
+            share_control_pdu: pdu,
+            pdu_source: USER_CHANNEL,
+            share_id: 1,
+        })
+        .unwrap();
+        encode_vec(&X224(SendDataIndication {
+            initiator_id: USER_CHANNEL,
+            channel_id: IO_CHANNEL,
+            user_data: Cow::Owned(header),
+        }))
+        .unwrap()
+    }
+
+    /// A session whose graphics channel the server has opened.
+    fn open_session() -> Session {
+        let mut s = session();
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Connected {
+                width: 1280,
+                height: 720
+            })
+        );
+        let mut out = Vec::new();
+        let create = dvc(DrdynvcServerPdu::Create(CreateRequestPdu::new(
+            GFX_DVC,
+            crate::rdp::egfx::CHANNEL_NAME.to_owned(),
+        )));
+        s.process(Action::X224, &create, None, &mut out).unwrap();
+        assert!(
+            !out.is_empty(),
+            "create response and capabilities advertise"
+        );
+        s
+    }
+
+    #[test]
+    fn graphics_commands_become_events_and_frames_are_acknowledged() {
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let frame = gfx(&[
+            GfxPdu::CapabilitiesConfirm(CapabilitiesConfirmPdu::from_typed(&CapabilitySet::V8_1 {
+                flags: CapabilitiesV81Flags::AVC420_ENABLED,
+            })),
+            GfxPdu::StartFrame(StartFramePdu {
+                timestamp: Timestamp {
+                    milliseconds: 0,
+                    seconds: 0,
+                    minutes: 0,
+                    hours: 0,
+                },
+                frame_id: 9,
+            }),
+            GfxPdu::EndFrame(EndFramePdu { frame_id: 9 }),
+        ]);
+        s.process(Action::X224, &frame, None, &mut out).unwrap();
+        assert!(s.has_events());
+        let events: Vec<_> = std::iter::from_fn(|| s.next_event()).collect();
+        assert!(matches!(
+            events[0],
+            RdpEvent::Graphics(GfxEvent::CapsConfirmed { .. })
+        ));
+        assert_eq!(
+            events[2],
+            RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 9 })
+        );
+        assert!(!s.has_events());
+
+        out.clear();
+        s.ack_frame(9, QueueDepth::AvailableBytes(4096), &mut out)
+            .unwrap();
+        let ack = encode_vec(&GfxPdu::FrameAcknowledge(FrameAcknowledgePdu {
+            queue_depth: QueueDepth::AvailableBytes(4096),
+            frame_id: 9,
+            total_frames_decoded: 1,
+        }))
+        .unwrap();
+        assert!(out.windows(ack.len()).any(|w| w == ack.as_slice()));
+
+        out.clear();
+        s.input(&[InputEvent::MouseMove { x: 5, y: 6 }], &mut out)
+            .unwrap();
+        assert!(!out.is_empty());
+    }
+
+    #[test]
+    fn malformed_graphics_end_with_the_channel_error() {
+        let mut s = open_session();
+        let bad = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            zgfx::wrap_uncompressed(&[0x0c, 0, 0, 0, 0xff, 0, 0, 0]),
+        ))));
+        let err = s
+            .process(Action::X224, &bad, None, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, RdpError::Graphics { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("test-host: graphics channel: malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn graphics_before_the_channel_opens_cannot_be_acknowledged() {
+        let mut s = session();
+        let err = s
+            .ack_frame(1, QueueDepth::Unavailable, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the graphics channel to test-host is not open yet"
+        );
+    }
+
+    #[test]
+    fn deactivate_all_starts_reactivation() {
+        let mut s = open_session();
+        let mut out = Vec::new();
+        s.process(
+            Action::X224,
+            &io_channel(ShareControlPdu::ServerDeactivateAll(ServerDeactivateAll)),
+            None,
+            &mut out,
+        )
+        .unwrap();
+        assert!(s.is_reactivating());
+        // Input waits for the new activation; stray graphics are dropped.
+        out.clear();
+        s.input(&[InputEvent::MouseMove { x: 1, y: 1 }], &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        s.process(Action::FastPath, &[0, 3, 0], None, &mut out)
+            .unwrap();
+        assert!(s.is_reactivating());
+    }
+
+    #[test]
+    fn server_disconnect_is_reported_in_words() {
+        let mut s = open_session();
+        let ultimatum = encode_vec(&X224(DisconnectProviderUltimatum {
+            reason: DisconnectReason::ProviderInitiated,
+        }))
+        .unwrap();
+        s.process(Action::X224, &ultimatum, None, &mut Vec::new())
+            .unwrap();
+        assert!(s.is_ended());
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Disconnected {
+                reason: "server initiated disconnect".into()
+            })
+        );
+        assert_eq!(s.next_event(), None);
+        let err = s
+            .input(&[InputEvent::MouseMove { x: 1, y: 1 }], &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the RDP session with test-host has ended");
+    }
+
+    #[test]
+    fn a_closed_transport_ends_the_session() {
+        let mut s = session();
+        s.next_event();
+        s.transport_closed("the server closed the connection".into());
+        assert_eq!(
+            s.next_event(),
+            Some(RdpEvent::Disconnected {
+                reason: "the server closed the connection".into()
+            })
+        );
+    }
+}
