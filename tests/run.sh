@@ -4,13 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v taskset >/dev/null || need_apt+=(util-linux)
-command -v prlimit >/dev/null || need_apt+=(util-linux)
-if ((${#need_apt[@]})); then
-    echo "installing: ${need_apt[*]}"
-    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
-fi
+bash tests/install-deps.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

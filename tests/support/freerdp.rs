@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "rdpuser";
 pub const PASSWORD: &str = "Rdp-Test-Pass1";
 
-const PACKAGES: &[&str] = &[
-    "freerdp3-shadow-x11",
-    "freerdp3-x11",
-    "winpr3-utils",
-    "xvfb",
-];
-const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/rdpwire-bookworm-backports.sources";
 
 pub struct ShadowServer {
     pub port: u16,
@@ -31,43 +24,18 @@ pub struct ShadowServer {
     pub log: Arc<Mutex<String>>,
 }
 
-/// Installs FreeRDP 3, Xvfb and xsetroot when missing (once per test process).
+/// Installs FreeRDP 3, Xvfb and xsetroot when missing (once per test process), with the same
+/// script the test command runs.
 pub fn ensure_installed() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if have("freerdp-shadow-cli3") && have("Xvfb") && have("winpr-hash3") && have("xsetroot") {
             return;
         }
-        eprintln!("installing FreeRDP 3 shadow server and Xvfb from bookworm-backports");
-        if !Path::new(BACKPORTS_FILE).exists() && !backports_configured() {
-            std::fs::write(
-                BACKPORTS_FILE,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
-                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .expect("writing the backports source (the test installs packages as root)");
-        }
-        run(Command::new("apt-get").args(["update", "-qq"]));
-        run(Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "-t", "bookworm-backports"])
-            .args(PACKAGES));
-        run(Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "x11-xserver-utils"]));
+        eprintln!("installing FreeRDP 3 shadow server and Xvfb (tests/install-deps.sh)");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/install-deps.sh");
+        run(Command::new("bash").arg(script));
     });
-}
-
-fn backports_configured() -> bool {
-    std::fs::read_dir("/etc/apt/sources.list.d")
-        .map(|dir| {
-            dir.flatten().any(|e| {
-                std::fs::read_to_string(e.path())
-                    .map(|t| t.contains("bookworm-backports"))
-                    .unwrap_or(false)
-            })
-        })
-        .unwrap_or(false)
 }
 
 fn have(cmd: &str) -> bool {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, when missing (run as root; idempotent).
+# FreeRDP 3 comes from bookworm-backports, added with the same mirror and keyring as the
+# machine's own Debian source.
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+missing=0
+for cmd in taskset prlimit setpriv freerdp-shadow-cli3 winpr-hash3 Xvfb xsetroot; do
+    have "$cmd" || missing=1
+done
+((missing)) || exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests need Debian packages (FreeRDP 3 shadow server, Xvfb); run as root to install them" >&2
+    exit 1
+fi
+
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    src=/etc/apt/sources.list.d/debian.sources
+    uri=$(awk '/^URIs:/ {print $2; exit}' "$src")
+    key=$(awk '/^Signed-By:/ {print $2; exit}' "$src")
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+        "$uri" "$key" > /etc/apt/sources.list.d/rdpwire-bookworm-backports.sources
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq util-linux xvfb x11-xserver-utils
+apt-get install -y -qq -t bookworm-backports freerdp3-shadow-x11 freerdp3-x11 winpr3-utils
