@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "rdpuser";
 pub const PASSWORD: &str = "Rdp-Test-Pass1";
 
-
 pub struct ShadowServer {
     pub port: u16,
     pub display: u32,
