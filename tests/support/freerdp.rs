@@ -81,32 +81,43 @@ impl ShadowServer {
     /// Starts Xvfb (`width`×`height`) and the shadow server with NLA for `USER`/`PASSWORD`.
     pub fn start(width: u32, height: u32) -> ShadowServer {
         ensure_installed();
-        let display = free_display();
         let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("rdpwire-freerdp-{}-{display}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-
-        let xvfb = Command::new("Xvfb")
+        // A display number of this process's own range (see `free_display`); the server counts
+        // as started only once a real client (xsetroot) has been served by it.
+        let display = free_display();
+        let mut xvfb = Command::new("Xvfb")
             .arg(format!(":{display}"))
-            .args([
-                "-screen",
-                "0",
-                &format!("{width}x{height}x24"),
-                "-nolisten",
-                "tcp",
-            ])
+            .args(["-screen", "0"])
+            .arg(format!("{width}x{height}x24"))
+            .args(["-nolisten", "tcp"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let socket = format!("/tmp/.X11-unix/X{display}");
-        wait_for(
-            Duration::from_secs(10),
-            || Path::new(&socket).exists(),
-            "Xvfb socket",
-        );
+        let started = Instant::now();
+        loop {
+            let served = Command::new("xsetroot")
+                .args(["-display", &format!(":{display}"), "-solid", "black"])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if served {
+                break;
+            }
+            if let Ok(Some(status)) = xvfb.try_wait() {
+                panic!("Xvfb :{display} exited at start: {status}");
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                let _ = xvfb.kill();
+                panic!("Xvfb :{display} did not serve clients within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir =
+            std::env::temp_dir().join(format!("rdpwire-freerdp-{}-{display}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
 
         let sam = Command::new("winpr-hash3")
             .args(["-u", USER, "-p", PASSWORD, "-f", "sam"])
