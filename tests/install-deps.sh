@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when missing (run as root; idempotent).
 # FreeRDP 3 comes from bookworm-backports, added with the same mirror and keyring as the
-# machine's own Debian source.
+# machine's own Debian source. Chromium (the web client's tests drive it headless) comes from
+# bookworm itself.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
 missing=0
-for cmd in taskset prlimit setpriv freerdp-shadow-cli3 winpr-hash3 Xvfb xsetroot; do
+for cmd in taskset prlimit setpriv freerdp-shadow-cli3 winpr-hash3 Xvfb xsetroot chromium; do
     have "$cmd" || missing=1
 done
 ((missing)) || exit 0
 
 if [ "$(id -u)" != 0 ]; then
-    echo "tests need Debian packages (FreeRDP 3 shadow server, Xvfb); run as root to install them" >&2
+    echo "tests need Debian packages (FreeRDP 3 shadow server, Xvfb, Chromium); run as root to install them" >&2
     exit 1
 fi
 
@@ -27,5 +28,5 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq util-linux xvfb x11-xserver-utils
+apt-get install -y -qq util-linux xvfb x11-xserver-utils chromium
 apt-get install -y -qq -t bookworm-backports freerdp3-shadow-x11 freerdp3-x11 winpr3-utils

@@ -1,4 +1,5 @@
 //! The web client, compiled into the binary: no build step, no files to deploy beside it.
+//! Plain ES modules; `rdpwire.js` is the entry point and names what each other file holds.
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Asset {
@@ -6,6 +7,8 @@ pub struct Asset {
     pub content_type: &'static str,
     pub body: &'static [u8],
 }
+
+const JS: &str = "text/javascript; charset=utf-8";
 
 static ASSETS: &[Asset] = &[
     Asset {
@@ -15,12 +18,76 @@ static ASSETS: &[Asset] = &[
     },
     Asset {
         path: "/rdpwire.js",
-        content_type: "text/javascript; charset=utf-8",
+        content_type: JS,
         body: include_bytes!("rdpwire.js"),
+    },
+    Asset {
+        path: "/protocol.js",
+        content_type: JS,
+        body: include_bytes!("protocol.js"),
+    },
+    Asset {
+        path: "/pipeline.js",
+        content_type: JS,
+        body: include_bytes!("pipeline.js"),
+    },
+    Asset {
+        path: "/compositor.js",
+        content_type: JS,
+        body: include_bytes!("compositor.js"),
+    },
+    Asset {
+        path: "/avc.js",
+        content_type: JS,
+        body: include_bytes!("avc.js"),
+    },
+    Asset {
+        path: "/input.js",
+        content_type: JS,
+        body: include_bytes!("input.js"),
+    },
+    Asset {
+        path: "/keymap.js",
+        content_type: JS,
+        body: include_bytes!("keymap.js"),
+    },
+    Asset {
+        path: "/pointer.js",
+        content_type: JS,
+        body: include_bytes!("pointer.js"),
     },
 ];
 
 pub fn asset(path: &str) -> Option<&'static Asset> {
     let path = if path == "/index.html" { "/" } else { path };
     ASSETS.iter().find(|a| a.path == path)
+}
+
+/// Every asset, for tests and tools that serve or check the client as a whole.
+pub fn assets() -> &'static [Asset] {
+    ASSETS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every module the page imports is served, so a new file cannot be forgotten here.
+    #[test]
+    fn every_imported_module_is_an_asset() {
+        for a in assets() {
+            let text = String::from_utf8_lossy(a.body);
+            for part in text.split("from \"./").skip(1) {
+                let name = part.split('"').next().unwrap_or_default();
+                let path = format!("/{name}");
+                assert!(
+                    asset(&path).is_some(),
+                    "{} imports {path}, which is not served",
+                    a.path
+                );
+            }
+        }
+        assert!(asset("/index.html").is_some());
+        assert!(asset("/nope.js").is_none());
+    }
 }

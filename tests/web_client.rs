@@ -1,0 +1,830 @@
+//! The web client in real headless Chromium: what the page shows (status line, stats, the
+//! screen canvas's pixels) and what it sends (ClientHello, frame acknowledgements, input),
+//! checked against docs/protocol.md.
+//!
+//! Most tests put the page in front of a scripted gateway (`page_server`) that serves the
+//! real embedded client and plays exact protocol messages, H.264 included (`h264` writes
+//! I_PCM pictures whose colours are known). The last tests load the page from the real
+//! gateway binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+#[path = "support/chromium.rs"]
+mod chromium;
+#[path = "support/h264.rs"]
+mod h264;
+#[path = "support/page_server.rs"]
+mod page_server;
+#[path = "support/wire.rs"]
+mod wire;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chromium::Chromium;
+use h264::{Encoder, Profile};
+use page_server::{PageServer, Peer};
+use serde_json::{json, Value};
+use support::Gateway;
+use wire::FromPage;
+
+/// One browser at a time: two Chromiums decoding at once on a 2-core machine make timings
+/// meaningless.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const SECS: Duration = Duration::from_secs(10);
+/// Per channel, for decoded H.264: the YUV→RGB conversion is the browser's.
+const TOL: u8 = 12;
+
+const RED: [u8; 3] = [220, 30, 30];
+const GREEN: [u8; 3] = [30, 200, 60];
+const BLUE: [u8; 3] = [40, 60, 220];
+const YELLOW: [u8; 3] = [230, 210, 40];
+const CYAN: [u8; 3] = [40, 200, 210];
+const GREY: [u8; 3] = [128, 128, 128];
+const BLACK: [u8; 3] = [0, 0, 0];
+
+fn rgba(c: [u8; 3]) -> [u8; 4] {
+    [c[0], c[1], c[2], 255]
+}
+
+/// Asserts the screen pixel at (`x`, `y`) is `want` within `tolerance` per channel.
+#[track_caller]
+fn assert_pixel(b: &mut Chromium, x: u32, y: u32, want: [u8; 3], tolerance: u8) {
+    let got = b.pixel(x, y);
+    let close = (0..3).all(|i| got[i].abs_diff(want[i]) <= tolerance);
+    assert!(
+        close,
+        "pixel ({x}, {y}) is {got:?}, want {want:?} ±{tolerance}\n{}",
+        b.describe_page()
+    );
+}
+
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// A page session against the scripted gateway, connected, with a desktop of `w`×`h` made
+/// of one mapped XRGB surface (id 1).
+fn connected(b: &mut Chromium, server: &PageServer, w: u16, h: u16) -> Peer {
+    b.navigate(&server.url("?target=office"));
+    let mut peer = server.accept();
+    peer.handshake(1);
+    peer.send_all([
+        wire::status(2, "connected to office"),
+        wire::desktop_size(w, h),
+        wire::reset_graphics(w, h),
+        wire::create_surface(1, w, h, 0),
+        wire::map_surface(1, 0, 0),
+    ]);
+    b.wait_for(
+        &format!(
+            "rdpwire.stats().state === 'connected' && rdpwire.stats().width === {w} && \
+             document.getElementById('screen').width === {w}"
+        ),
+        SECS,
+    );
+    peer
+}
+
+#[test]
+fn page_asks_for_its_window_and_shows_the_gateway_status_in_words() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    b.navigate(&server.url("?target=office"));
+    let mut peer = server.accept();
+    let (width, height, target) = peer.handshake(7);
+
+    // The window's size in device pixels, rounded to even, within 200–8192.
+    let win = b.eval("[innerWidth, innerHeight, devicePixelRatio]");
+    let want = |css: f64, dpr: f64| ((css * dpr / 2.0).round() * 2.0).clamp(200.0, 8192.0) as u16;
+    let dpr = win[2].as_f64().unwrap();
+    assert_eq!(
+        (width, height),
+        (
+            want(win[0].as_f64().unwrap(), dpr),
+            want(win[1].as_f64().unwrap(), dpr)
+        ),
+        "window {win}"
+    );
+    assert_eq!(target, "office");
+    assert_eq!(b.stats()["sessionId"], "7");
+
+    for (state, text, page_state) in [
+        (0, "connecting to office", "connecting"),
+        (1, "authenticating as bob", "authenticating"),
+        (3, "reconnecting to office", "connecting"),
+        (2, "connected to office", "connected"),
+    ] {
+        peer.send(wire::status(state, text));
+        b.wait_for(
+            &format!(
+                "document.getElementById('status').textContent === {} && \
+                 rdpwire.stats().state === '{page_state}'",
+                js_str(text)
+            ),
+            SECS,
+        );
+    }
+    peer.send(wire::desktop_size(640, 480));
+    b.wait_for("rdpwire.stats().width === 640", SECS);
+    let s = b.stats();
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    assert!(s.get("reason").is_none(), "{s}");
+
+    // The page pings every 2 s; the overlay shows the round trip once a Pong came back.
+    let _ = peer.collect(Duration::from_millis(300));
+    b.wait_for("rdpwire.stats().rttMs !== null", SECS);
+    assert!(peer.pings >= 1);
+    let _ = peer.collect(Duration::from_millis(1200));
+    let overlay = b.eval("document.getElementById('stats').textContent");
+    let overlay = overlay.as_str().unwrap();
+    for words in ["fps", "kbit/s", "frames decoded", "rtt", " ms", "640×480"] {
+        assert!(overlay.contains(words), "overlay: {overlay}");
+    }
+
+    let reason = "authentication failed for user 'bob': the server rejected the credentials";
+    peer.send(wire::disconnected(reason));
+    peer.close(4000, "the RDP session ended");
+    b.wait_for("rdpwire.stats().state === 'disconnected'", SECS);
+    assert_eq!(b.status_text(), format!("disconnected: {reason}"));
+    assert_eq!(b.stats()["reason"], reason);
+}
+
+#[test]
+fn a_close_without_disconnected_shows_the_close_reason() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    for (code, reason, state) in [
+        (1011, "internal error: the RDP task stopped", "error"),
+        (
+            1002,
+            "bad message from the browser: unknown message type 0x99",
+            "error",
+        ),
+        (1001, "the gateway is shutting down", "disconnected"),
+    ] {
+        b.navigate(&server.url(""));
+        let mut peer = server.accept();
+        let (_, _, target) = peer.handshake(2);
+        assert_eq!(target, "", "no ?target= means the default target");
+        peer.close(code, reason);
+        b.wait_for(&format!("rdpwire.stats().state === '{state}'"), SECS);
+        assert_eq!(b.status_text(), format!("{state}: {reason}"));
+        assert_eq!(b.stats()["reason"], reason);
+    }
+    // No close reason at all: the page says what the code means.
+    b.navigate(&server.url(""));
+    let mut peer = server.accept();
+    peer.handshake(3);
+    peer.close(1001, "");
+    b.wait_for("rdpwire.stats().state === 'disconnected'", SECS);
+    assert_eq!(
+        b.status_text(),
+        "disconnected: the gateway is shutting down"
+    );
+}
+
+#[test]
+fn fills_copies_and_cache_compose_the_screen() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+
+    peer.send_all([
+        wire::start_frame(1),
+        wire::solid_fill(1, rgba(RED), &[[0, 0, 320, 240]]),
+        wire::solid_fill(1, rgba(BLUE), &[[10, 10, 50, 50]]),
+        wire::end_frame(1),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 1);
+    assert_pixel(&mut b, 5, 5, RED, 0);
+    assert_pixel(&mut b, 20, 20, BLUE, 0);
+    assert_pixel(&mut b, 49, 49, BLUE, 0);
+    assert_pixel(&mut b, 50, 50, RED, 0);
+
+    peer.send_all([
+        wire::start_frame(2),
+        wire::surface_to_surface(1, 1, [10, 10, 50, 50], &[(100, 100), (200, 20)]),
+        wire::surface_to_cache(1, 5, [10, 10, 50, 50]),
+        wire::solid_fill(1, rgba(GREEN), &[[0, 0, 320, 100]]),
+        wire::cache_to_surface(5, 1, &[(0, 60)]),
+        wire::evict_cache_entry(5),
+        // An evicted slot draws nothing.
+        wire::cache_to_surface(5, 1, &[(250, 150)]),
+        wire::end_frame(2),
+    ]);
+    let (frame, total, _) = peer.frame_decoded();
+    assert_eq!((frame, total), (2, 2));
+    assert_pixel(&mut b, 110, 110, BLUE, 0); // copied below the green band
+    assert_pixel(&mut b, 139, 139, BLUE, 0);
+    assert_pixel(&mut b, 140, 140, RED, 0);
+    assert_pixel(&mut b, 210, 30, GREEN, 0); // copied, then filled over
+    assert_pixel(&mut b, 5, 65, BLUE, 0); // from the cache
+    assert_pixel(&mut b, 39, 99, BLUE, 0);
+    assert_pixel(&mut b, 5, 5, GREEN, 0);
+    assert_pixel(&mut b, 255, 155, RED, 0); // the evicted slot drew nothing
+
+    // A second surface mapped at an offset shows above the first; an ARGB surface lets the
+    // one below show through where it is transparent.
+    peer.send_all([
+        wire::create_surface(2, 64, 48, 0),
+        wire::map_surface(2, 256, 192),
+        wire::create_surface(3, 20, 20, 1),
+        wire::map_surface(3, 10, 150),
+        wire::start_frame(3),
+        wire::solid_fill(2, rgba(YELLOW), &[[0, 0, 64, 48]]),
+        wire::solid_fill(1, rgba(GREY), &[[250, 190, 260, 200], [0, 140, 60, 200]]),
+        wire::solid_fill(3, [255, 0, 0, 255], &[[0, 0, 10, 20]]),
+        wire::solid_fill(3, [0, 0, 255, 0], &[[10, 0, 20, 20]]),
+        wire::end_frame(3),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 3);
+    assert_pixel(&mut b, 258, 195, YELLOW, 0);
+    assert_pixel(&mut b, 252, 191, GREY, 0);
+    assert_pixel(&mut b, 319, 239, YELLOW, 0);
+    assert_pixel(&mut b, 12, 155, [255, 0, 0], 0);
+    assert_pixel(&mut b, 25, 155, GREY, 0);
+
+    // ResetGraphics: a new size, every surface gone, the screen black.
+    peer.send_all([
+        wire::reset_graphics(200, 100),
+        wire::start_frame(4),
+        wire::solid_fill(1, rgba(RED), &[[0, 0, 200, 100]]),
+        wire::end_frame(4),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 4);
+    b.wait_for(
+        "rdpwire.stats().width === 200 && rdpwire.stats().height === 100",
+        SECS,
+    );
+    assert_pixel(&mut b, 50, 50, BLACK, 0);
+    assert!(b.stats()["ignoredOperations"].as_u64().unwrap() >= 1);
+}
+
+/// Key frame, delta frame with a partial region, and a second surface whose picture is
+/// placed by `dest`: pixels checked the moment the frame's acknowledgement arrives.
+fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile) {
+    let mut peer = connected(b, server, 320, 240);
+    let mut enc = Encoder::new(profile, 320, 240);
+    let key = enc.key_frame(|x, _| if x < 160 { RED } else { BLUE });
+    peer.send_all([
+        wire::start_frame(1),
+        wire::avc420(1, [0, 0, 320, 240], &[[0, 0, 320, 240]], &key),
+        wire::end_frame(1),
+    ]);
+    let (frame, total, _) = peer.frame_decoded();
+    assert_eq!((frame, total), (1, 1));
+    // Acknowledged only once the picture is applied: it is on the screen already.
+    assert_pixel(b, 80, 120, RED, TOL);
+    assert_pixel(b, 240, 120, BLUE, TOL);
+    assert_eq!(b.stats()["codecs"], json!([enc.codec()]));
+
+    // Macroblocks (4..8, 4..8) repainted green, but only 64..96 is a region.
+    let delta = enc.delta_frame(
+        |mx, my| (4..8).contains(&mx) && (4..8).contains(&my),
+        |_, _| GREEN,
+    );
+    peer.send_all([
+        wire::start_frame(2),
+        wire::avc420(1, [0, 0, 320, 240], &[[64, 64, 96, 96]], &delta),
+        wire::end_frame(2),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 2);
+    assert_pixel(b, 70, 70, GREEN, TOL);
+    assert_pixel(b, 95, 95, GREEN, TOL);
+    assert_pixel(b, 100, 100, RED, TOL); // decoded green, outside the regions
+    assert_pixel(b, 60, 60, RED, TOL);
+
+    // Surface 2 at (192, 112); its picture covers dest (40, 40)–(104, 104), and only the
+    // region from x = 70 is copied: picture columns 30.. land at surface columns 70...
+    let mut small = Encoder::new(profile, 64, 64);
+    let key2 = small.key_frame(|x, _| if x < 32 { YELLOW } else { CYAN });
+    peer.send_all([
+        wire::create_surface(2, 128, 128, 0),
+        wire::map_surface(2, 192, 112),
+        wire::start_frame(3),
+        wire::avc420(2, [40, 40, 104, 104], &[[70, 40, 104, 104]], &key2),
+        wire::end_frame(3),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 3);
+    assert_pixel(b, 192 + 71, 112 + 60, YELLOW, TOL); // picture column 31
+    assert_pixel(b, 192 + 73, 112 + 60, CYAN, TOL); // picture column 33
+    assert_pixel(b, 192 + 103, 112 + 103, CYAN, TOL);
+    assert_pixel(b, 192 + 69, 112 + 60, BLACK, 0); // left of the region
+    assert_pixel(b, 192 + 110, 112 + 60, BLACK, 0); // right of dest
+
+    let s = b.stats();
+    assert_eq!(s["framesDecoded"], 3);
+    assert_eq!(s["videoFrames"], 3);
+    assert_eq!(s["decodeErrors"], 0);
+    assert_eq!(s["state"], "connected", "{s}");
+    peer.close(1000, "");
+}
+
+#[test]
+fn h264_baseline_pictures_show_only_their_regions() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    h264_pictures(&mut b, &server, Profile::Baseline);
+}
+
+#[test]
+fn h264_main_and_high_pictures_show_only_their_regions() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    h264_pictures(&mut b, &server, Profile::Main);
+    h264_pictures(&mut b, &server, Profile::High);
+}
+
+#[test]
+fn decoder_failure_is_reported_and_the_next_key_frame_recovers() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    let mut enc = Encoder::new(Profile::High, 320, 240);
+    let _ = enc.key_frame(|_, _| RED);
+
+    // A delta picture before any key frame cannot be decoded: skipped, frame still acked.
+    let delta = enc.delta_frame(|_, _| true, |_, _| RED);
+    peer.send_all([
+        wire::start_frame(1),
+        wire::avc420(1, [0, 0, 320, 240], &[[0, 0, 320, 240]], &delta),
+        wire::end_frame(1),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 1);
+    assert_pixel(&mut b, 10, 10, BLACK, 0);
+
+    // A key frame whose SPS names a profile no decoder has: the decoder fails, the page says
+    // so, and the stream keeps being acknowledged.
+    let bogus = [
+        0, 0, 0, 1, 0x67, 0xff, 0x00, 0x1f, 0xe9, 0x40, // SPS, profile_idc 255
+        0, 0, 0, 1, 0x68, 0xce, 0x38, 0x80, // PPS
+        0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, // IDR slice
+    ];
+    peer.send_all([
+        wire::start_frame(2),
+        wire::avc420(1, [0, 0, 320, 240], &[[0, 0, 320, 240]], &bogus),
+        wire::end_frame(2),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 2);
+    b.wait_for("rdpwire.stats().state === 'error'", SECS);
+    let status = b.status_text();
+    assert!(
+        status.starts_with("error: video decoder: ") && status.contains("next key frame"),
+        "{status}"
+    );
+    assert!(status.contains("avc1.FF001F"), "{status}");
+
+    let delta = enc.delta_frame(|_, _| true, |_, _| RED);
+    peer.send_all([
+        wire::start_frame(3),
+        wire::avc420(1, [0, 0, 320, 240], &[[0, 0, 320, 240]], &delta),
+        wire::end_frame(3),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 3);
+
+    // The next good key frame: a new decoder, the picture, the connected status again.
+    let key = enc.key_frame(|_, _| GREEN);
+    peer.send_all([
+        wire::start_frame(4),
+        wire::avc420(1, [0, 0, 320, 240], &[[0, 0, 320, 240]], &key),
+        wire::end_frame(4),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 4);
+    assert_pixel(&mut b, 10, 10, GREEN, TOL);
+    b.wait_for("rdpwire.stats().state === 'connected'", SECS);
+    assert_eq!(b.status_text(), "connected to office");
+    let s = b.stats();
+    assert_eq!(s["decodeErrors"], 1, "{s}");
+    assert!(s["skippedPictures"].as_u64().unwrap() >= 2, "{s}");
+}
+
+#[test]
+fn server_pointer_becomes_the_css_cursor() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    let cursor = "getComputedStyle(document.getElementById('screen')).cursor";
+
+    let mut pixels = Vec::new();
+    for i in 0..(8 * 8) {
+        pixels.extend_from_slice(if i % 2 == 0 {
+            &[255, 255, 255, 255]
+        } else {
+            &[0, 0, 0, 128]
+        });
+    }
+    peer.send(wire::pointer_bitmap(8, 8, (1, 2), &pixels));
+    b.wait_for(
+        &format!("{cursor}.startsWith('url(\"data:image/png')"),
+        SECS,
+    );
+    let css = b.eval(cursor);
+    assert!(css.as_str().unwrap().ends_with(" 1 2, default"), "{css}");
+    assert_eq!(b.stats()["cursor"], "bitmap");
+
+    peer.send(wire::pointer_hidden());
+    b.wait_for(&format!("{cursor} === 'none'"), SECS);
+    peer.send(wire::pointer_position(10, 10));
+    peer.send(wire::pointer_default());
+    b.wait_for(&format!("{cursor} === 'default'"), SECS);
+}
+
+#[test]
+fn mouse_and_wheel_reach_the_gateway_in_desktop_coordinates() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    // A desktop twice the window's size: the canvas is shown at half size, aspect kept.
+    let (vw, vh) = chromium::VIEWPORT;
+    let (dw, dh) = (2 * vw, 2 * vh);
+    let mut peer = connected(&mut b, &server, dw as u16, dh as u16);
+    let boxed = b.eval(
+        "(() => { const r = document.getElementById('screen').getBoundingClientRect(); \
+                  return [r.width, r.height, innerWidth, innerHeight]; })()",
+    );
+    let f: Vec<f64> = boxed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!((f[0], f[1]), (f64::from(vw), f64::from(vh)), "{boxed}");
+    let _ = peer.collect(Duration::from_millis(200));
+
+    b.click(1000, 700);
+    let got = peer.collect(Duration::from_millis(500));
+    assert_eq!(
+        got,
+        [
+            FromPage::MouseMove { x: 1000, y: 700 },
+            FromPage::MouseButton {
+                button: 0,
+                down: true,
+                x: 1000,
+                y: 700
+            },
+            FromPage::MouseButton {
+                button: 0,
+                down: false,
+                x: 1000,
+                y: 700
+            },
+        ]
+    );
+
+    for (name, number) in [("right", 1), ("middle", 2), ("back", 3), ("forward", 4)] {
+        let (x, y) = (dw - 2, dh - 2);
+        b.mouse_move(x, y);
+        b.mouse_button(x, y, name, true);
+        b.mouse_button(x, y, name, false);
+        let got: Vec<_> = peer
+            .collect(Duration::from_millis(400))
+            .into_iter()
+            .filter(|m| !matches!(m, FromPage::MouseMove { .. }))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                FromPage::MouseButton {
+                    button: number,
+                    down: true,
+                    x: x as u16,
+                    y: y as u16
+                },
+                FromPage::MouseButton {
+                    button: number,
+                    down: false,
+                    x: x as u16,
+                    y: y as u16
+                },
+            ],
+            "{name} button"
+        );
+    }
+    // The page is still the same page (back/forward did not navigate away).
+    assert_eq!(b.stats()["sessionId"], "1");
+
+    // One notch down (100 px), one notch right; a huge delta clamps to i16.
+    b.wheel(400, 300, 0.0, 100.0);
+    b.wheel(400, 300, 100.0, 0.0);
+    b.wheel(400, 300, 0.0, -50_000.0);
+    let wheels: Vec<_> = peer
+        .collect(Duration::from_millis(500))
+        .into_iter()
+        .filter(|m| !matches!(m, FromPage::MouseMove { .. }))
+        .collect();
+    assert_eq!(
+        wheels,
+        [
+            FromPage::Wheel {
+                axis: 0,
+                delta: -120,
+                x: 400,
+                y: 300
+            },
+            FromPage::Wheel {
+                axis: 1,
+                delta: 120,
+                x: 400,
+                y: 300
+            },
+            FromPage::Wheel {
+                axis: 0,
+                delta: 32767,
+                x: 400,
+                y: 300
+            },
+        ]
+    );
+
+    // No context menu over the desktop.
+    let shown = b.eval(
+        "document.getElementById('screen').dispatchEvent(\
+           new MouseEvent('contextmenu', { cancelable: true, bubbles: true }))",
+    );
+    assert_eq!(shown, false, "the context menu was not prevented");
+}
+
+#[test]
+fn keys_go_as_scancodes_and_other_characters_as_unicode() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    b.eval(
+        "window.addEventListener('keydown', (e) => { window.lastPrevented = e.defaultPrevented; })",
+    );
+    let _ = peer.collect(Duration::from_millis(200));
+
+    let key = |scancode, extended, down| FromPage::Key {
+        scancode,
+        extended,
+        down,
+    };
+    for (code, k, text, scancode, extended) in [
+        ("KeyA", "a", "a", 0x1e, false),
+        ("Digit0", "0", "0", 0x0b, false),
+        ("ArrowLeft", "ArrowLeft", "", 0x4b, true),
+        ("ControlRight", "Control", "", 0x1d, true),
+        ("ControlLeft", "Control", "", 0x1d, false),
+        ("NumpadEnter", "Enter", "\r", 0x1c, true),
+        ("Enter", "Enter", "\r", 0x1c, false),
+        ("IntlBackslash", "<", "<", 0x56, false),
+        ("F12", "F12", "", 0x58, false),
+        ("MetaLeft", "Meta", "", 0x5b, true),
+        ("Numpad7", "7", "7", 0x47, false),
+        ("Home", "Home", "", 0x47, true),
+    ] {
+        b.key(code, k, text);
+        assert_eq!(
+            peer.collect(Duration::from_millis(300)),
+            [
+                key(scancode, extended, true),
+                key(scancode, extended, false)
+            ],
+            "{code}"
+        );
+        assert_eq!(b.eval("window.lastPrevented"), true, "{code} not prevented");
+    }
+
+    // No scancode, a printable key: the character as UTF-16 code units, each down then up.
+    b.key("", "é", "é");
+    let unicode = |code_unit, down| FromPage::Unicode { code_unit, down };
+    assert_eq!(
+        peer.collect(Duration::from_millis(300)),
+        [unicode(0xe9, true), unicode(0xe9, false)]
+    );
+    b.key("", "😀", "😀");
+    assert_eq!(
+        peer.collect(Duration::from_millis(300)),
+        [
+            unicode(0xd83d, true),
+            unicode(0xd83d, false),
+            unicode(0xde00, true),
+            unicode(0xde00, false)
+        ]
+    );
+
+    // Held keys are released when the page loses focus.
+    b.key_down("ShiftLeft", "Shift", "");
+    b.key_down("AltRight", "AltGraph", "");
+    assert_eq!(
+        peer.collect(Duration::from_millis(300)),
+        [key(0x2a, false, true), key(0x38, true, true)]
+    );
+    b.eval("window.dispatchEvent(new Event('blur'))");
+    let mut released = peer.collect(Duration::from_millis(300));
+    released.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(released, [key(0x2a, false, false), key(0x38, true, false)]);
+
+    // The table covers a whole 105-key PC keyboard, each key with its own scancode.
+    let codes = [
+        "Escape",
+        "F1",
+        "F2",
+        "F3",
+        "F4",
+        "F5",
+        "F6",
+        "F7",
+        "F8",
+        "F9",
+        "F10",
+        "F11",
+        "F12",
+        "PrintScreen",
+        "ScrollLock",
+        "Pause",
+        "Backquote",
+        "Digit1",
+        "Digit2",
+        "Digit3",
+        "Digit4",
+        "Digit5",
+        "Digit6",
+        "Digit7",
+        "Digit8",
+        "Digit9",
+        "Digit0",
+        "Minus",
+        "Equal",
+        "Backspace",
+        "Insert",
+        "Home",
+        "PageUp",
+        "NumLock",
+        "NumpadDivide",
+        "NumpadMultiply",
+        "NumpadSubtract",
+        "Tab",
+        "KeyQ",
+        "KeyW",
+        "KeyE",
+        "KeyR",
+        "KeyT",
+        "KeyY",
+        "KeyU",
+        "KeyI",
+        "KeyO",
+        "KeyP",
+        "BracketLeft",
+        "BracketRight",
+        "Backslash",
+        "Delete",
+        "End",
+        "PageDown",
+        "Numpad7",
+        "Numpad8",
+        "Numpad9",
+        "NumpadAdd",
+        "CapsLock",
+        "KeyA",
+        "KeyS",
+        "KeyD",
+        "KeyF",
+        "KeyG",
+        "KeyH",
+        "KeyJ",
+        "KeyK",
+        "KeyL",
+        "Semicolon",
+        "Quote",
+        "Enter",
+        "Numpad4",
+        "Numpad5",
+        "Numpad6",
+        "ShiftLeft",
+        "IntlBackslash",
+        "KeyZ",
+        "KeyX",
+        "KeyC",
+        "KeyV",
+        "KeyB",
+        "KeyN",
+        "KeyM",
+        "Comma",
+        "Period",
+        "Slash",
+        "ShiftRight",
+        "ArrowUp",
+        "Numpad1",
+        "Numpad2",
+        "Numpad3",
+        "NumpadEnter",
+        "ControlLeft",
+        "MetaLeft",
+        "AltLeft",
+        "Space",
+        "AltRight",
+        "MetaRight",
+        "ContextMenu",
+        "ControlRight",
+        "ArrowLeft",
+        "ArrowDown",
+        "ArrowRight",
+        "Numpad0",
+        "NumpadDecimal",
+    ];
+    assert_eq!(codes.len(), 105);
+    let table = b.eval(&format!(
+        "import('/keymap.js').then((m) => {}.map((c) => {{ \
+            const s = m.scancodeOf(c); return s ? s.scancode + (s.extended ? 256 : 0) : null; }}))",
+        serde_json::to_string(&codes[..]).unwrap()
+    ));
+    let mut seen = std::collections::HashMap::new();
+    for (code, v) in codes.iter().zip(table.as_array().unwrap()) {
+        let sc = v
+            .as_u64()
+            .unwrap_or_else(|| panic!("{code} has no scancode"));
+        if let Some(other) = seen.insert(sc, code) {
+            panic!("{code} and {other} share scancode {sc:#x}");
+        }
+    }
+}
+
+#[test]
+fn page_from_the_gateway_opens_a_session_and_says_what_became_of_it() {
+    let _turn = serial();
+    let gw = Gateway::start(&["--cores", "1"]);
+    for a in rdpwire::web::assets() {
+        let r = gw.get(a.path);
+        assert_eq!(r.status, 200, "{}", a.path);
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some(a.content_type),
+            "{}",
+            a.path
+        );
+    }
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/", gw.addr));
+    // The gateway's ServerHello reached the page.
+    b.wait_for("rdpwire.stats().sessionId !== null", SECS);
+    // Whatever the gateway does with the session next, the page puts it in words: its own
+    // status text while it runs, `state: reason` once it has ended.
+    b.wait_for(
+        "document.getElementById('status').textContent !== 'connecting to the gateway'",
+        SECS,
+    );
+    let s = b.stats();
+    let state = s["state"].as_str().unwrap();
+    assert!(
+        [
+            "connecting",
+            "authenticating",
+            "connected",
+            "disconnected",
+            "error"
+        ]
+        .contains(&state),
+        "{s}"
+    );
+    let shown = b.status_text();
+    if state == "disconnected" || state == "error" {
+        let reason = s["reason"].as_str().unwrap();
+        assert!(!reason.is_empty(), "{s}");
+        assert_eq!(shown, format!("{state}: {reason}"));
+    } else {
+        assert!(!shown.is_empty());
+    }
+    assert!(
+        gw.metrics()
+            .get("rdpwire_bytes_total{direction=\"browser_out\"}")
+            >= 16
+    );
+}
+
+#[test]
+fn a_full_gateway_says_so_on_the_page() {
+    let _turn = serial();
+    let gw = Gateway::start(&["--cores", "1", "--max-sessions", "1"]);
+    let mut holder = gw.ws().unwrap();
+    holder.hello();
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/", gw.addr));
+    b.wait_for("rdpwire.stats().state === 'error'", SECS);
+    let shown = b.status_text();
+    assert!(shown.starts_with("error: full: "), "{shown}");
+    assert_eq!(
+        b.eval("rdpwire.stats().reason.startsWith('full: ')"),
+        Value::Bool(true)
+    );
+    holder.ping(1);
+}
