@@ -134,8 +134,9 @@ function retireDecoder(surface) {
   return d;
 }
 
+// FrameDecoded.queue_depth: access units handed to the decoders and not decoded yet.
 function queueDepth() {
-  let n = pipeline.length;
+  let n = 0;
   for (const d of decoders.values()) n += d.queueSize;
   return n;
 }
