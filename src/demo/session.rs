@@ -347,6 +347,10 @@ impl<'a> Session<'a> {
     fn run(&mut self) -> Result<End, DemoError> {
         let period = Duration::from_millis(u64::from(1000 / FPS));
         let mut next_frame = Instant::now();
+        // PDUs read together with the end of the connection sequence.
+        if let Some(end) = self.handle_buffered()? {
+            return Ok(end);
+        }
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Ok(End::ServerStopping);
@@ -399,6 +403,11 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e.into()),
         }
+        self.handle_buffered()
+    }
+
+    /// Handles every complete PDU in the receive buffer.
+    fn handle_buffered(&mut self) -> Result<Option<End>, DemoError> {
         loop {
             let info = ironrdp_pdu::find_size(&self.rx)
                 .map_err(|e| DemoError::Protocol(format!("framing: {e}")))?;
