@@ -487,3 +487,20 @@ fn serves_concurrent_sessions_with_their_own_sizes_and_stops_them_on_drop() {
         "the listener is closed"
     );
 }
+
+#[test]
+fn frames_are_paced_at_the_demo_frame_rate() {
+    let server = start();
+    let client = connect(server.addr(), &options((640, 480))).unwrap();
+    client.wait_screen("the first frame", Duration::from_secs(10), |s| {
+        s.frames >= 1
+    });
+    let (f0, t0) = (client.frames(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (frames, secs) = (client.frames() - f0, t0.elapsed().as_secs_f64());
+    let fps = f64::from(frames) / secs;
+    let max = f64::from(rdpwire::demo::FPS);
+    // Never faster than the frame rate; slower only when the machine is busy.
+    assert!(fps <= max + 1.5, "{fps:.1} fps");
+    assert!(fps >= max / 4.0, "{fps:.1} fps");
+}

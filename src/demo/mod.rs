@@ -74,6 +74,8 @@ pub enum DemoError {
     Thread(stdio::Error),
     #[error("rdp connection sequence failed: {0}")]
     Handshake(String),
+    #[error("the client left during the connection sequence: {0}")]
+    ClientLeft(String),
     #[error("authentication failed: {0}")]
     AuthenticationFailed(String),
     #[error("h.264 encoder: {0}")]
@@ -281,6 +283,9 @@ fn spawn_session(
                 Err(DemoError::AuthenticationFailed(reason)) => {
                     shared.lock_observed().auth_failures += 1;
                     warn!(%peer, session = id, %reason, "demo rdp logon refused");
+                }
+                Err(DemoError::ClientLeft(reason)) => {
+                    info!(%peer, session = id, %reason, "demo rdp client left before the session started");
                 }
                 Err(e) => warn!(%peer, session = id, error = %e, "demo rdp session failed"),
             }

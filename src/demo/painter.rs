@@ -73,6 +73,8 @@ pub struct Desktop {
     buf_width: u16,
     buf_height: u16,
     rgba: Vec<u8>,
+    /// The static part of every frame (background, red square, title, hint), painted once.
+    base: Vec<u8>,
     markers: VecDeque<(u16, u16)>,
     line: String,
 }
@@ -89,15 +91,31 @@ impl Desktop {
     pub fn new(width: u16, height: u16) -> Self {
         let (width, height) = (width.max(1), height.max(1));
         let (buf_width, buf_height) = (padded(width), padded(height));
-        Self {
+        let mut desktop = Self {
             width,
             height,
             buf_width,
             buf_height,
             rgba: vec![0; usize::from(buf_width) * usize::from(buf_height) * 4],
+            base: Vec::new(),
             markers: VecDeque::new(),
             line: String::new(),
-        }
+        };
+        desktop.paint_background();
+        desktop.fill_rect(
+            i32::from(RED_SQUARE.0),
+            i32::from(RED_SQUARE.1),
+            i32::from(RED_SQUARE.2),
+            i32::from(RED_SQUARE.2),
+            RED,
+        );
+        desktop.text(TITLE_AT, "rdpwire demo desktop");
+        desktop.text(
+            HINT_AT,
+            "click to drop a marker, type to write on this line",
+        );
+        desktop.base = desktop.rgba.clone();
+        desktop
     }
 
     /// Visible desktop size.
@@ -141,15 +159,7 @@ impl Desktop {
 
     /// Paints a whole frame and returns it: tightly packed RGBA, [`Desktop::buffer_size`].
     pub fn paint(&mut self, clock: FrameClock) -> &[u8] {
-        self.paint_background();
-        self.fill_rect(
-            i32::from(RED_SQUARE.0),
-            i32::from(RED_SQUARE.1),
-            i32::from(RED_SQUARE.2),
-            i32::from(RED_SQUARE.2),
-            RED,
-        );
-        self.text(TITLE_AT, "rdpwire demo desktop");
+        self.rgba.copy_from_slice(&self.base);
         self.text(CLOCK_AT, &clock_text(clock.millis_of_day));
         self.text(FRAME_AT, &format!("frame {}", clock.frame));
         self.paint_bar(clock.elapsed_ms);

@@ -82,7 +82,10 @@ pub fn serve(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Result<E
         observed.connections += 1;
         observed.desktop_size = Some(session.desktop.size());
     }
-    let end = session.run();
+    let end = match session.run() {
+        Err(DemoError::Io(e)) if is_disconnect(&e) => Ok(End::ClientClosed),
+        other => other,
+    };
     session.close(matches!(end, Ok(End::ServerStopping)));
     end
 }
@@ -166,7 +169,26 @@ fn is_credentials_error(e: &ConnectorError) -> bool {
 }
 
 fn connector_error(phase: &str, e: &ConnectorError) -> DemoError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<io::Error>().is_some_and(is_disconnect) {
+            return DemoError::ClientLeft(format!("{phase}: {}", e.report()));
+        }
+        source = s.source();
+    }
     DemoError::Handshake(format!("{phase}: {}", e.report()))
+}
+
+/// I/O errors that mean the peer went away.
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
 }
 
 fn auth_error(phase: &str, e: &ConnectorError) -> DemoError {
@@ -274,6 +296,50 @@ struct GfxState {
     backpressured: bool,
     warned_no_gfx: bool,
     warned_no_avc: bool,
+    stats: StreamStats,
+}
+
+/// Per-session stream statistics, logged every [`STATS_EVERY`].
+struct StreamStats {
+    since: Instant,
+    frames: u32,
+    bytes: usize,
+    work: Duration,
+    paused_ticks: u32,
+}
+
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+impl StreamStats {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            frames: 0,
+            bytes: 0,
+            work: Duration::ZERO,
+            paused_ticks: 0,
+        }
+    }
+
+    fn maybe_log(&mut self, in_flight: u32) {
+        let window = self.since.elapsed();
+        if window < STATS_EVERY {
+            return;
+        }
+        let secs = window.as_secs_f64();
+        debug!(
+            fps = format!("{:.1}", f64::from(self.frames) / secs),
+            kbit_per_s = format!("{:.0}", self.bytes as f64 * 8.0 / 1000.0 / secs),
+            paint_encode_ms = format!(
+                "{:.1}",
+                self.work.as_secs_f64() * 1000.0 / f64::from(self.frames.max(1))
+            ),
+            paused_ticks = self.paused_ticks,
+            in_flight,
+            "egfx stream"
+        );
+        *self = Self::new();
+    }
 }
 
 impl<'a> Session<'a> {
@@ -315,6 +381,7 @@ impl<'a> Session<'a> {
                 backpressured: false,
                 warned_no_gfx: false,
                 warned_no_avc: false,
+                stats: StreamStats::new(),
             },
             started: Instant::now(),
             shared,
@@ -391,16 +458,7 @@ impl<'a> Session<'a> {
             {
                 return Ok(None)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Ok(Some(End::ClientClosed))
-            }
+            Err(e) if is_disconnect(&e) => return Ok(Some(End::ClientClosed)),
             Err(e) => return Err(e.into()),
         }
         self.handle_buffered()
@@ -620,9 +678,12 @@ fn produce_frame(
     let (Some(surface), Some(encoder)) = (gfx.surface, gfx.encoder.as_mut()) else {
         return Ok(false);
     };
+    gfx.stats.maybe_log(server.frames_in_flight());
     if backpressured {
+        gfx.stats.paused_ticks += 1;
         return Ok(false);
     }
+    let work = Instant::now();
     let clock = FrameClock {
         millis_of_day: millis_of_day(),
         elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -630,6 +691,7 @@ fn produce_frame(
     };
     let rgba = desktop.paint(clock);
     let h264 = encoder.encode(rgba)?;
+    gfx.stats.work += work.elapsed();
     if h264.is_empty() {
         return Ok(false);
     }
@@ -646,6 +708,8 @@ fn produce_frame(
     match server.try_send_avc420_frame(surface, &h264, &[region], timestamp) {
         Ok(frame_id) => {
             gfx.frame += 1;
+            gfx.stats.frames += 1;
+            gfx.stats.bytes += h264.len();
             if gfx.frame == 1 {
                 debug!(frame_id, bytes = h264.len(), "first egfx frame queued");
             }
@@ -670,4 +734,135 @@ fn millis_of_day() -> u32 {
 
 fn encode_err(e: ironrdp_core::EncodeError) -> DemoError {
     DemoError::Protocol(format!("encode: {e}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use ironrdp_core::encode_vec;
+    use ironrdp_dvc::DvcProcessor as _;
+    use ironrdp_egfx::pdu::{CapabilitiesV81Flags, FrameAcknowledgePdu, GfxPdu, QueueDepth};
+
+    use super::*;
+
+    struct Quiet;
+
+    impl GraphicsPipelineHandler for Quiet {
+        fn capabilities_advertise(&mut self, _: &CapabilitiesAdvertisePdu) {}
+        fn on_ready(&mut self, _: &CapabilitySet) {}
+        fn max_frames_in_flight(&self) -> u32 {
+            MAX_FRAMES_IN_FLIGHT
+        }
+    }
+
+    fn gfx_state() -> GfxState {
+        GfxState {
+            encoder: None,
+            surface: None,
+            frame: 0,
+            suppressed: false,
+            backpressured: false,
+            warned_no_gfx: false,
+            warned_no_avc: false,
+            stats: StreamStats::new(),
+        }
+    }
+
+    fn ready_server(caps: CapabilitySet) -> GraphicsPipelineServer {
+        let mut server = GraphicsPipelineServer::new(Box::new(Quiet));
+        server.start(7).unwrap();
+        let advertise =
+            GfxPdu::CapabilitiesAdvertise(CapabilitiesAdvertisePdu::from_typed(&[caps]));
+        let confirm = server.process(7, &encode_vec(&advertise).unwrap()).unwrap();
+        assert_eq!(confirm.len(), 1, "capabilities confirm");
+        server
+    }
+
+    fn avc420() -> CapabilitySet {
+        CapabilitySet::V8_1 {
+            flags: CapabilitiesV81Flags::AVC420_ENABLED | CapabilitiesV81Flags::SMALL_CACHE,
+        }
+    }
+
+    fn ack(server: &mut GraphicsPipelineServer, frame_id: u32) {
+        let ack = GfxPdu::FrameAcknowledge(FrameAcknowledgePdu {
+            queue_depth: QueueDepth::AvailableBytes(0),
+            frame_id,
+            total_frames_decoded: frame_id + 1,
+        });
+        server.process(7, &encode_vec(&ack).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn frames_stop_at_the_ack_window_and_resume_on_ack() {
+        let mut server = ready_server(avc420());
+        let mut gfx = gfx_state();
+        let mut desktop = Desktop::new(320, 200);
+        let t = Duration::from_millis(40);
+
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap());
+        // ResetGraphics, CreateSurface, MapSurfaceToOutput, then StartFrame, WireToSurface1, EndFrame.
+        assert_eq!(server.drain_output().len(), 6);
+        let surface = server.get_surface(gfx.surface.unwrap()).unwrap();
+        assert_eq!((surface.width, surface.height), (320, 208));
+        assert_eq!(server.output_dimensions(), (320, 200));
+
+        for _ in 1..MAX_FRAMES_IN_FLIGHT {
+            assert!(produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap());
+            assert_eq!(server.drain_output().len(), 3);
+        }
+        for _ in 0..10 {
+            assert!(
+                !produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+                "paused"
+            );
+            assert!(server.drain_output().is_empty());
+        }
+        assert_eq!(gfx.frame, u64::from(MAX_FRAMES_IN_FLIGHT));
+        ack(&mut server, 0);
+        assert!(
+            produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+            "resumed"
+        );
+        assert!(
+            !produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+            "one ack, one frame"
+        );
+    }
+
+    #[test]
+    fn suppressed_output_and_clients_without_avc420_get_no_frames() {
+        let mut server = ready_server(avc420());
+        let mut gfx = GfxState {
+            suppressed: true,
+            ..gfx_state()
+        };
+        let mut desktop = Desktop::new(320, 200);
+        assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        gfx.suppressed = false;
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+
+        let v8 = CapabilitySet::V8 {
+            flags: ironrdp_egfx::pdu::CapabilitiesV8Flags::SMALL_CACHE,
+        };
+        let mut server = ready_server(v8);
+        let mut gfx = gfx_state();
+        assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        assert!(gfx.warned_no_avc);
+    }
+
+    #[test]
+    fn a_capabilities_re_advertise_recreates_the_surface_with_a_key_frame() {
+        let mut server = ready_server(avc420());
+        let mut gfx = gfx_state();
+        let mut desktop = Desktop::new(320, 200);
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        server.drain_output();
+        let advertise =
+            GfxPdu::CapabilitiesAdvertise(CapabilitiesAdvertisePdu::from_typed(&[avc420()]));
+        server.process(7, &encode_vec(&advertise).unwrap()).unwrap();
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        // A fresh surface again: ResetGraphics, CreateSurface, MapSurfaceToOutput + the frame.
+        assert_eq!(server.drain_output().len(), 6);
+    }
 }
