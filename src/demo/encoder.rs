@@ -1,11 +1,16 @@
 //! H.264 (AVC420) encoding of desktop frames with OpenH264, built from source.
+//!
+//! Colour: MS-RDPEGFX (3.3.8.3.1) has AVC420 clients convert with full-range BT.709, so
+//! frames are converted from RGB that way (with the `yuv` crate), and the stream's VUI says
+//! so too, for decoders that read it (browsers' WebCodecs behind the gateway).
 
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, QpRange,
-    RateControlMode, UsageType,
+    RateControlMode, UsageType, VuiConfig,
 };
-use openh264::formats::{RgbaSliceU8, YUVBuffer};
+use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
+use yuv::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
 
 use super::DemoError;
 
@@ -15,7 +20,9 @@ pub const FPS: u32 = 25;
 /// One encoder per session; input is RGBA with even dimensions.
 pub struct H264 {
     encoder: Encoder,
-    yuv: YUVBuffer,
+    y: Vec<u8>,
+    u: Vec<u8>,
+    v: Vec<u8>,
     width: usize,
     height: usize,
 }
@@ -45,12 +52,15 @@ impl H264 {
             .qp(QpRange::new(10, 36))
             .complexity(Complexity::Low)
             .intra_frame_period(IntraFramePeriod::from_num_frames(FPS * 10))
-            .num_threads(1);
+            .num_threads(1)
+            .vui(VuiConfig::bt709().full_range(true));
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| DemoError::Encoder(format!("cannot create the openh264 encoder: {e}")))?;
         Ok(Self {
             encoder,
-            yuv: YUVBuffer::new(w, h),
+            y: vec![0; w * h],
+            u: vec![0; w * h / 4],
+            v: vec![0; w * h / 4],
             width: w,
             height: h,
         })
@@ -65,11 +75,33 @@ impl H264 {
                 self.width * self.height * 4
             )));
         }
-        self.yuv
-            .read_rgba8(RgbaSliceU8::new(rgba, (self.width, self.height)));
+        let (w, h) = (self.width, self.height);
+        let dim = |v: usize| {
+            u32::try_from(v).map_err(|_| DemoError::Encoder("frame too large".to_owned()))
+        };
+        let mut planar = YuvPlanarImageMut {
+            y_plane: BufferStoreMut::Borrowed(&mut self.y),
+            y_stride: dim(w)?,
+            u_plane: BufferStoreMut::Borrowed(&mut self.u),
+            u_stride: dim(w / 2)?,
+            v_plane: BufferStoreMut::Borrowed(&mut self.v),
+            v_stride: dim(w / 2)?,
+            width: dim(w)?,
+            height: dim(h)?,
+        };
+        yuv::rgba_to_yuv420(
+            &mut planar,
+            rgba,
+            dim(w * 4)?,
+            YuvRange::Full,
+            YuvStandardMatrix::Bt709,
+            YuvConversionMode::Balanced,
+        )
+        .map_err(|e| DemoError::Encoder(format!("rgb to yuv conversion failed: {e}")))?;
+        let source = YUVSlices::new((&self.y, &self.u, &self.v), (w, h), (w, w / 2, w / 2));
         let bitstream = self
             .encoder
-            .encode(&self.yuv)
+            .encode(&source)
             .map_err(|e| DemoError::Encoder(format!("openh264 encode failed: {e}")))?;
         Ok(bitstream.to_vec())
     }
@@ -117,5 +149,48 @@ mod tests {
         let third = enc.encode(&frame).unwrap();
         assert!(nal_types(&third).contains(&5));
         assert!(enc.encode(&frame[4..]).is_err());
+    }
+
+    /// What an MS-RDPEGFX client does: full-range BT.709 YUV to RGB.
+    fn bt709_full(y: u8, u: u8, v: u8) -> [u8; 3] {
+        let (y, u, v) = (f32::from(y), f32::from(u) - 128.0, f32::from(v) - 128.0);
+        let c = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+        [
+            c(y + 1.5748 * v),
+            c(y - 0.1873 * u - 0.4681 * v),
+            c(y + 1.8556 * u),
+        ]
+    }
+
+    #[test]
+    fn colours_survive_as_full_range_bt709() {
+        use openh264::formats::YUVSource as _;
+        let (w, h) = (64usize, 64usize);
+        let colours: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+        let mut frame = vec![0u8; w * h * 4];
+        for (i, px) in frame.chunks_exact_mut(4).enumerate() {
+            let quadrant = usize::from((i % w) >= w / 2) + 2 * usize::from((i / w) >= h / 2);
+            px[..3].copy_from_slice(&colours[quadrant]);
+            px[3] = 255;
+        }
+        let mut enc = H264::new(64, 64).unwrap();
+        let stream = enc.encode(&frame).unwrap();
+        let mut dec = openh264::decoder::Decoder::new().unwrap();
+        let yuv = dec.decode(&stream).unwrap().unwrap();
+        let (ys, us, _) = yuv.strides();
+        for (q, want) in colours.iter().enumerate() {
+            let (x, y) = ((q % 2) * w / 2 + w / 4, (q / 2) * h / 2 + h / 4);
+            let got = bt709_full(
+                yuv.y()[y * ys + x],
+                yuv.u()[y / 2 * us + x / 2],
+                yuv.v()[y / 2 * us + x / 2],
+            );
+            for (g, want) in got.iter().zip(want) {
+                assert!(
+                    g.abs_diff(*want) <= 12,
+                    "quadrant {q}: {got:?} for {want:?}"
+                );
+            }
+        }
     }
 }

@@ -39,8 +39,9 @@ pub struct Screen {
     pub surface_size: Option<(u16, u16)>,
     pub output_size: Option<(u32, u32)>,
     pub frames: u32,
-    /// The last decoded picture: RGB, `width`×`height` of the H.264 frame.
-    pub rgb: Vec<u8>,
+    /// The last decoded picture (YUV 4:2:0 planes), `width`×`height` of the H.264 frame.
+    planes: [Vec<u8>; 3],
+    strides: (usize, usize),
     pub width: usize,
     pub height: usize,
     /// The channel id the server gave the graphics pipeline.
@@ -50,9 +51,18 @@ pub struct Screen {
 }
 
 impl Screen {
+    /// RGB at (x, y), converted as MS-RDPEGFX says AVC420 is: full-range BT.709.
     pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = (y * self.width + x) * 3;
-        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+        let (ys, cs) = self.strides;
+        let luma = f32::from(self.planes[0][y * ys + x]);
+        let u = f32::from(self.planes[1][y / 2 * cs + x / 2]) - 128.0;
+        let v = f32::from(self.planes[2][y / 2 * cs + x / 2]) - 128.0;
+        let c = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+        [
+            c(luma + 1.5748 * v),
+            c(luma - 0.1873 * u - 0.4681 * v),
+            c(luma + 1.8556 * u),
+        ]
     }
 }
 
@@ -118,8 +128,9 @@ impl DvcProcessor for Gfx {
                         Ok(Some(yuv)) => {
                             use openh264::formats::YUVSource as _;
                             let (w, h) = yuv.dimensions();
-                            screen.rgb.resize(w * h * 3, 0);
-                            yuv.write_rgb8(&mut screen.rgb);
+                            let (ys, us, _) = yuv.strides();
+                            screen.planes = [yuv.y().to_vec(), yuv.u().to_vec(), yuv.v().to_vec()];
+                            screen.strides = (ys, us);
                             screen.width = w;
                             screen.height = h;
                         }
