@@ -24,11 +24,11 @@ mod tls;
 
 use std::collections::HashMap;
 use std::io as stdio;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ironrdp_pdu::rdp::client_info::Credentials;
 use tracing::{debug, info, warn};
@@ -39,6 +39,8 @@ pub use self::session::MAX_FRAMES_IN_FLIGHT;
 
 /// Connections served at once; more are refused (closed at once).
 pub const MAX_CONNECTIONS: usize = 16;
+/// How long dropping the server lets sessions end by themselves before cutting them off.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 /// How often the accept loop checks whether the server is stopping.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// Clicks kept in [`Observed::clicks`].
@@ -47,13 +49,23 @@ const MAX_OBSERVED_CLICKS: usize = 1024;
 const MAX_OBSERVED_TYPED: usize = 4096;
 
 /// How to start the demo server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DemoOptions {
     /// Where to listen; `127.0.0.1:0` picks a free port (see [`DemoServer::addr`]).
     pub bind: SocketAddr,
     /// The one account the server accepts.
     pub username: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for DemoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoOptions")
+            .field("bind", &self.bind)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Why the demo server failed.
@@ -214,10 +226,19 @@ impl DemoServer {
 impl Drop for DemoServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // Shutting the reading side ends blocked reads (a session still in the connection
+        // sequence, or waiting for input); running sessions also see the flag within a frame
+        // period and say goodbye (disconnect ultimatum, close_notify).
         for socket in self.shared.lock_sockets().values() {
-            // Sessions notice the stop flag within a frame period; this also unblocks a
-            // session still inside the connection sequence.
-            let _ = socket.shutdown(std::net::Shutdown::Read);
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.shared.lock_sockets().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        // A session stuck writing to a client that stopped reading is cut off.
+        for socket in self.shared.lock_sockets().values() {
+            let _ = socket.shutdown(Shutdown::Both);
         }
         if let Some(acceptor) = self.acceptor.take() {
             if acceptor.join().is_err() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ironrdp_acceptor::{Acceptor, AcceptorResult, BeginResult, DesktopSize};
 use ironrdp_async::Framed;
 use ironrdp_connector::{ConnectorError, ConnectorErrorKind, ServerName};
-use ironrdp_core::{decode, encode_vec};
+use ironrdp_core::{decode, encode_vec, WriteBuf};
 use ironrdp_dvc::{encode_dvc_messages, DrdynvcServer};
 use ironrdp_egfx::pdu::{Avc420Region, CapabilitiesAdvertisePdu, CapabilitySet};
 use ironrdp_egfx::server::{GraphicsPipelineHandler, GraphicsPipelineServer};
@@ -122,13 +122,15 @@ fn handshake(
                 "the client did not negotiate tls".to_owned(),
             ));
         }
-        Err(e) => return Err(connector_error("negotiation", &e)),
+        Err(e) => return Err(classify("negotiation", &e, false)),
     };
 
     let tls = ServerConnection::new(Arc::clone(&shared.identity.config)).map_err(DemoError::Tls)?;
-    let stream = StreamOwned::new(tls, tcp);
+    let mut stream = StreamOwned::new(tls, tcp);
     acceptor.mark_security_upgrade_as_done();
-    let mut framed = Framed::<Blocking<TlsStream>>::new(stream);
+    // The framed stream borrows the TLS stream, so a refusal can still be written after the
+    // acceptor gave up on it.
+    let mut framed = Framed::<Blocking<&mut TlsStream>>::new(&mut stream);
 
     if acceptor.should_perform_credssp() {
         debug!(%peer, "nla: credssp with ntlm");
@@ -142,23 +144,47 @@ fn handshake(
             shared.identity.public_key.clone(),
             None,
         );
-        block_on(credssp).map_err(|e| auth_error("nla (credssp)", &e))?;
+        // On failure the acceptor has told the client already (TSRequest error code, and the
+        // Early User Authorization Result with HYBRID_EX).
+        if let Err(e) = block_on(credssp) {
+            drop(framed);
+            close_tls(&mut stream);
+            return Err(classify("nla (credssp)", &e, true));
+        }
     }
 
-    let (framed, result) = block_on(ironrdp_acceptor::accept_finalize(framed, &mut acceptor))
-        .map_err(|e| {
-            if is_credentials_error(&e) {
-                auth_error("client info (tls)", &e)
-            } else {
-                connector_error("connection sequence", &e)
+    let finalized = block_on(ironrdp_acceptor::accept_finalize(framed, &mut acceptor));
+    let (framed, result) = match finalized {
+        Ok(done) => done,
+        Err(e) => {
+            let error = classify("connection sequence", &e, is_credentials_error(&e));
+            if matches!(error, DemoError::AuthenticationFailed(_)) {
+                // TLS-only logon refused at Client Info: say so with a Set Error Info PDU
+                // (when the client supports it) before closing.
+                let mut buf = WriteBuf::new();
+                if let Ok(n) = acceptor.encode_access_denied(&mut buf) {
+                    if let Some(bytes) = buf.filled().get(..n) {
+                        let _ = stream.write_all(bytes);
+                    }
+                }
             }
-        })?;
-    let (stream, leftover) = framed.into_inner();
+            close_tls(&mut stream);
+            return Err(error);
+        }
+    };
+    let (_, leftover) = framed.into_inner();
+    let leftover = leftover.to_vec();
     Ok(Accepted {
         stream,
-        leftover: leftover.to_vec(),
+        leftover,
         result,
     })
+}
+
+fn close_tls(stream: &mut TlsStream) {
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    let _ = stream.sock.shutdown(std::net::Shutdown::Both);
 }
 
 fn is_credentials_error(e: &ConnectorError) -> bool {
@@ -168,15 +194,21 @@ fn is_credentials_error(e: &ConnectorError) -> bool {
     ) && format!("{}", e.report()).contains("invalid credentials")
 }
 
-fn connector_error(phase: &str, e: &ConnectorError) -> DemoError {
+/// The peer leaving, a refused logon, or another failure of the connection sequence.
+fn classify(phase: &str, e: &ConnectorError, logon: bool) -> DemoError {
+    let report = format!("{phase}: {}", e.report());
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if s.downcast_ref::<io::Error>().is_some_and(is_disconnect) {
-            return DemoError::ClientLeft(format!("{phase}: {}", e.report()));
+            return DemoError::ClientLeft(report);
         }
         source = s.source();
     }
-    DemoError::Handshake(format!("{phase}: {}", e.report()))
+    if logon {
+        DemoError::AuthenticationFailed(report)
+    } else {
+        DemoError::Handshake(report)
+    }
 }
 
 /// I/O errors that mean the peer went away.
@@ -189,10 +221,6 @@ fn is_disconnect(e: &io::Error) -> bool {
             | io::ErrorKind::UnexpectedEof
             | io::ErrorKind::NotConnected
     )
-}
-
-fn auth_error(phase: &str, e: &ConnectorError) -> DemoError {
-    DemoError::AuthenticationFailed(format!("{phase}: {}", e.report()))
 }
 
 /// Capability sets the server announces in its Demand Active PDU.
@@ -444,7 +472,7 @@ impl<'a> Session<'a> {
     fn pump(&mut self) -> Result<Option<End>, DemoError> {
         let mut chunk = [0u8; 16 * 1024];
         match self.stream.read(&mut chunk) {
-            Ok(0) => return Ok(Some(End::ClientClosed)),
+            Ok(0) => return Ok(Some(self.closed())),
             Ok(n) => self
                 .rx
                 .extend_from_slice(chunk.get(..n).unwrap_or_default()),
@@ -458,10 +486,20 @@ impl<'a> Session<'a> {
             {
                 return Ok(None)
             }
-            Err(e) if is_disconnect(&e) => return Ok(Some(End::ClientClosed)),
+            Err(e) if is_disconnect(&e) => return Ok(Some(self.closed())),
             Err(e) => return Err(e.into()),
         }
         self.handle_buffered()
+    }
+
+    /// The reading side ended: the client left, or [`DemoServer`](super::DemoServer)'s drop
+    /// shut it to stop the session.
+    fn closed(&self) -> End {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            End::ServerStopping
+        } else {
+            End::ClientClosed
+        }
     }
 
     /// Handles every complete PDU in the receive buffer.

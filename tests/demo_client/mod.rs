@@ -294,6 +294,7 @@ pub struct Client {
     ack: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
+    ultimatum: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     user_channel_id: u16,
     drdynvc_id: u16,
@@ -372,8 +373,10 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
     let tls = Arc::new(Mutex::new(tls));
     let stop = Arc::new(AtomicBool::new(false));
     let closed = Arc::new(AtomicBool::new(false));
+    let ultimatum = Arc::new(AtomicBool::new(false));
     let reader = {
         let (tls, stop, closed) = (Arc::clone(&tls), Arc::clone(&stop), Arc::clone(&closed));
+        let got_ultimatum = Arc::clone(&ultimatum);
         let mut channels = result.static_channels;
         let mut rx = leftover.to_vec();
         std::thread::spawn(move || {
@@ -422,6 +425,7 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
                             }
                         }
                         McsMessage::DisconnectProviderUltimatum(_) => {
+                            got_ultimatum.store(true, Ordering::Relaxed);
                             closed.store(true, Ordering::Relaxed);
                         }
                         _ => {}
@@ -449,6 +453,7 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
         ack,
         stop,
         closed,
+        ultimatum,
         reader: Some(reader),
         user_channel_id,
         drdynvc_id,
@@ -536,6 +541,11 @@ impl Client {
     /// Whether the server ended the connection.
     pub fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server sent a Disconnect Provider Ultimatum.
+    pub fn got_ultimatum(&self) -> bool {
+        self.ultimatum.load(Ordering::Relaxed)
     }
 
     /// Waits until `cond` holds on the screen, or panics.
