@@ -3,12 +3,18 @@
 //! Built on IronRDP's server-side crates of the gateway's generation (`ironrdp-acceptor`
 //! 0.12, `ironrdp-egfx` 0.5). Std threads and blocking sockets: one thread accepts, one
 //! thread serves each connection. Security: TLS with a self-signed certificate made at start,
-//! and NLA (CredSSP with NTLM) checked against [`DemoOptions`]' credentials; a client that
-//! asks for TLS only has the same credentials checked from its Client Info PDU.
+//! and NLA (CredSSP with NTLM, `ironrdp-acceptor`'s server side) checked against
+//! [`DemoOptions`]' credentials, any domain accepted. A client that asks for TLS only has the
+//! same credentials checked from its Client Info PDU (exact match, no domain); a refusal is a
+//! Set Error Info PDU, then the connection closes. Wrong credentials are logged with the reason
+//! and counted in [`Observed::auth_failures`].
 //!
 //! Graphics go over EGFX (the graphics pipeline dynamic channel) as AVC420 H.264 frames from
-//! OpenH264, at most [`FPS`] per second and never more than [`MAX_FRAMES_IN_FLIGHT`] frames
-//! ahead of the client's frame acknowledgements.
+//! OpenH264 (full-range BT.709, as MS-RDPEGFX wants), one surface the size the client asked
+//! for (padded to 16 for the encoder, at most 3840×2160), at most [`FPS`] per second and never
+//! more than [`MAX_FRAMES_IN_FLIGHT`] frames ahead of the client's frame acknowledgements: a
+//! client that stops acknowledging stops the stream. Clients without EGFX or without AVC420
+//! connect but get no pictures (logged).
 //!
 //! - [`painter`]: the desktop itself, pure (input events in, RGBA out);
 //! - [`input`]: RDP input events to desktop events (scancodes with a US layout, unicode);

@@ -43,7 +43,7 @@ const DEFAULT_DESKTOP: DesktopSize = DesktopSize {
     width: 1024,
     height: 768,
 };
-/// A client has this long for the whole connection sequence.
+/// No read of the connection sequence waits longer than this for the client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A write that makes no progress for this long ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
