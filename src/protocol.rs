@@ -158,7 +158,9 @@ pub enum ToBrowser<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromBrowser {
     /// Round-trip probe; the gateway answers `Pong` with the same nonce.
-    Ping { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
     /// The page's desktop size and the target it wants.
     ClientHello {
         width: u16,
@@ -555,8 +557,8 @@ impl FromBrowser {
                 InputEvent::Wheel { axis, delta, x, y } => {
                     v.push(WHEEL);
                     v.push(u8::from(axis == WheelAxis::Horizontal));
-                    let d = i16::try_from(delta.clamp(i16::MIN.into(), i16::MAX.into()))
-                        .unwrap_or(0);
+                    let d =
+                        i16::try_from(delta.clamp(i16::MIN.into(), i16::MAX.into())).unwrap_or(0);
                     v.extend_from_slice(&d.to_le_bytes());
                     u16s(&mut v, &[x, y]);
                 }
@@ -681,11 +683,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        let s = self.body.get(self.at..self.at + n).ok_or(ProtocolError::Length {
-            ty: self.ty,
-            need: 2 + self.at + n,
-            got: 2 + self.body.len(),
-        })?;
+        let s = self
+            .body
+            .get(self.at..self.at + n)
+            .ok_or(ProtocolError::Length {
+                ty: self.ty,
+                need: 2 + self.at + n,
+                got: 2 + self.body.len(),
+            })?;
         self.at += n;
         Ok(s)
     }
@@ -870,7 +875,10 @@ mod tests {
             assert_eq!(v.len(), m.encoded_len());
             assert_eq!(ToBrowser::decode(&v).unwrap(), m, "{m:?}");
             let mut small = [0u8; 2];
-            assert!(matches!(m.encode(&mut small), Err(ProtocolError::NoRoom { .. })));
+            assert!(matches!(
+                m.encode(&mut small),
+                Err(ProtocolError::NoRoom { .. })
+            ));
         }
     }
 
@@ -957,7 +965,10 @@ mod tests {
         hello.extend_from_slice(&50u16.to_le_bytes());
         hello.extend_from_slice(&720u16.to_le_bytes());
         let e = FromBrowser::decode(&hello).unwrap_err();
-        assert!(e.to_string().contains("width 50 is outside 200–8192"), "{e}");
+        assert!(
+            e.to_string().contains("width 50 is outside 200–8192"),
+            "{e}"
+        );
         let mut hello = vec![1, CLIENT_HELLO, 0, 4, 0, 4];
         hello.extend_from_slice(&[0xff, 0xfe]);
         let e = FromBrowser::decode(&hello).unwrap_err();

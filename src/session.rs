@@ -48,7 +48,10 @@ pub enum Action {
     },
     Input(InputEvent),
     /// Tell the server the page has applied `frame_id`; `queue_depth` frames are still pending.
-    AckFrame { frame_id: u32, queue_depth: u32 },
+    AckFrame {
+        frame_id: u32,
+        queue_depth: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,9 +144,10 @@ impl Session {
         self.share.in_use(arena::Pool::FrameChunk) < self.share.quota(arena::Pool::FrameChunk)
     }
 
-    /// True when the session can take another RDP event.
+    /// True when the session can take another RDP event (the first one, `Connected`, arrives
+    /// while it is still connecting).
     pub fn wants_rdp(&self) -> bool {
-        self.phase == Phase::Active
+        matches!(self.phase, Phase::Connecting | Phase::Active)
             && self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
             && self.wants_input()
     }
@@ -339,9 +343,9 @@ impl Session {
                 surface: *surface,
                 points: Cow::Borrowed(dst_points),
             },
-            GfxEvent::EvictCacheEntry { cache_slot } => ToBrowser::EvictCacheEntry {
-                slot: *cache_slot,
-            },
+            GfxEvent::EvictCacheEntry { cache_slot } => {
+                ToBrowser::EvictCacheEntry { slot: *cache_slot }
+            }
             // Capability choice, cache import and codec contexts concern only the gateway.
             GfxEvent::CapsConfirmed { .. }
             | GfxEvent::CacheImportReply { .. }

@@ -7,7 +7,7 @@ set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1; }
 
 missing=0
-for cmd in taskset prlimit setpriv freerdp-shadow-cli3 winpr-hash3 Xvfb xsetroot; do
+for cmd in taskset prlimit setpriv freerdp-shadow-cli3 xfreerdp3 winpr-hash3 Xvfb xsetroot xdotool xwd; do
     have "$cmd" || missing=1
 done
 ((missing)) || exit 0
@@ -27,5 +27,5 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq util-linux xvfb x11-xserver-utils
+apt-get install -y -qq util-linux xvfb x11-xserver-utils xdotool x11-apps
 apt-get install -y -qq -t bookworm-backports freerdp3-shadow-x11 freerdp3-x11 winpr3-utils

@@ -10,7 +10,15 @@ use crate::rdp::{Target, TlsPolicy};
 
 use super::{ConfigError, Origin};
 
-const KEYS: &[&str] = &["host", "port", "username", "password_env", "domain", "tls", "ca_file"];
+const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "username",
+    "password_env",
+    "domain",
+    "tls",
+    "ca_file",
+];
 
 /// Parses every `[targets.NAME]` table; `env` looks up environment variables.
 pub fn parse(
@@ -28,7 +36,11 @@ pub fn parse(
             why,
         };
         if name.is_empty() || name.len() > crate::protocol::MAX_TARGET_NAME {
-            return Err(invalid("", name.clone(), "a target name is 1 to 64 bytes".into()));
+            return Err(invalid(
+                "",
+                name.clone(),
+                "a target name is 1 to 64 bytes".into(),
+            ));
         }
         let Some(t) = value.as_table() else {
             return Err(invalid("", value.to_string(), "must be a table".into()));
@@ -43,7 +55,11 @@ pub fn parse(
             match t.get(k) {
                 None => Ok(None),
                 Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
-                Some(v) => Err(invalid(k, v.to_string(), "must be a non-empty string".into())),
+                Some(v) => Err(invalid(
+                    k,
+                    v.to_string(),
+                    "must be a non-empty string".into(),
+                )),
             }
         };
         let required = |k: &str| -> Result<String, ConfigError> {
@@ -80,7 +96,8 @@ pub fn parse(
             "insecure" => TlsPolicy::Insecure,
             other => match other.strip_prefix("sha256:") {
                 Some(fp) => TlsPolicy::Fingerprint(
-                    parse_fingerprint(fp).map_err(|e| invalid("tls", tls_text.clone(), e.to_string()))?,
+                    parse_fingerprint(fp)
+                        .map_err(|e| invalid("tls", tls_text.clone(), e.to_string()))?,
                 ),
                 None => {
                     return Err(invalid(
@@ -127,22 +144,40 @@ mod tests {
         )
         .unwrap();
         let o = &t["office"];
-        assert_eq!((o.host.as_str(), o.port, o.password.as_str()), ("10.0.0.5", 3390, "s3cret"));
+        assert_eq!(
+            (o.host.as_str(), o.port, o.password.as_str()),
+            ("10.0.0.5", 3390, "s3cret")
+        );
         assert_eq!(o.tls, TlsPolicy::Insecure);
-        let t = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\n").unwrap();
+        let t = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\n")
+            .unwrap();
         assert_eq!(t["x"].port, 3389);
         assert_eq!(t["x"].tls, TlsPolicy::Verify { ca_file: None });
     }
 
     #[test]
     fn mistakes_name_the_key() {
-        let e = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"NOPE\"\n").unwrap_err();
-        assert!(e.to_string().contains("targets.x.password_env") && e.to_string().contains("NOPE is not set"), "{e}");
-        let e = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\ntls = \"maybe\"\n").unwrap_err();
+        let e = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"NOPE\"\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("targets.x.password_env")
+                && e.to_string().contains("NOPE is not set"),
+            "{e}"
+        );
+        let e = parse_text(
+            "[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\ntls = \"maybe\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("targets.x.tls"), "{e}");
-        let e = parse_text("[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\npassword = \"p\"\n").unwrap_err();
+        let e = parse_text(
+            "[x]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\npassword = \"p\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("targets.x.password"), "{e}");
         let e = parse_text("[x]\nusername = \"u\"\npassword_env = \"OFFICE_PW\"\n").unwrap_err();
-        assert!(e.to_string().contains("targets.x.host") && e.to_string().contains("required"), "{e}");
+        assert!(
+            e.to_string().contains("targets.x.host") && e.to_string().contains("required"),
+            "{e}"
+        );
     }
 }
