@@ -2,6 +2,8 @@
 //! protocol: the embedded demo desktop and FreeRDP's shadow server as real RDP servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/freerdp.rs"]
+mod freerdp;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -18,6 +20,18 @@ fn next(ws: &mut Ws) -> Vec<u8> {
             Message::Binary(b) => return b.to_vec(),
             Message::Close(f) => panic!("closed: {f:?}"),
             _ => {}
+        }
+    }
+}
+
+/// `next`, showing the gateway's log when nothing comes.
+fn next_logged(ws: &mut Ws, gw: &Gateway) -> Vec<u8> {
+    loop {
+        match ws.ws.read() {
+            Ok(Message::Binary(b)) => return b.to_vec(),
+            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
+            Ok(_) => {}
+            Err(e) => panic!("{e}\n{}", gw.log_text()),
         }
     }
 }
@@ -239,4 +253,148 @@ fn unknown_target_is_refused_in_words() {
     }
     let (code, reason) = ws.expect_close();
     assert_eq!(code, 4000, "{reason}");
+}
+
+/// A gateway configured with the shadow server as target `shadow` (and `shadow-wrong`, the same
+/// server with a wrong password; `closed`, a port nobody listens on).
+fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "rdpwire-live-{}-{}",
+        std::process::id(),
+        server.port
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.join("gw.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[targets.shadow]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{user}\"\npassword_env = \"SHADOW_PW\"\ntls = \"insecure\"\n\
+             [targets.shadow-wrong]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{user}\"\npassword_env = \"WRONG_PW\"\ntls = \"insecure\"\n\
+             [targets.closed]\nhost = \"127.0.0.1\"\nport = {closed}\nusername = \"x\"\npassword_env = \"WRONG_PW\"\ntls = \"insecure\"\n",
+            port = server.port,
+            user = freerdp::USER,
+        ),
+    )
+    .unwrap();
+    std::env::set_var("SHADOW_PW", freerdp::PASSWORD);
+    std::env::set_var("WRONG_PW", "not-the-password");
+    let gw = Gateway::start(&["--cores", "1", "--config", file.to_str().unwrap()]);
+    (gw, dir)
+}
+
+/// Anonymous resident memory (heap, stacks, arenas): where a framebuffer would live. File
+/// pages (the binary's code, faulted in as new code paths run) are left out: they are shared
+/// and reclaimable, and they do not grow with sessions.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_1080p_session_costs_the_gateway_no_framebuffer() {
+    let server = freerdp::ShadowServer::start(1920, 1080);
+    let (gw, _dir) = gateway_for(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss(gw.child.id());
+    let mut ws = gw.ws().unwrap();
+    ws.hello();
+    send(
+        &mut ws,
+        &FromBrowser::ClientHello {
+            width: 1920,
+            height: 1080,
+            target: "shadow".into(),
+        },
+    );
+    // The shadow server sends a frame only when the screen changes: keep repainting it.
+    let display = server.display;
+    let painting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let painter = {
+        let painting = painting.clone();
+        std::thread::spawn(move || {
+            let colours = ["red", "blue", "green", "white", "black", "yellow"];
+            let mut i = 0;
+            while painting.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("xsetroot")
+                    .args(["-display", &format!(":{display}"), "-solid", colours[i % 6]])
+                    .status();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let started = Instant::now();
+    let (mut frames, mut bytes, mut peak) = (0u32, 0usize, 0u64);
+    while started.elapsed() < Duration::from_secs(4) {
+        let m = next_logged(&mut ws, &gw);
+        bytes += m.len();
+        match ToBrowser::decode(&m).unwrap() {
+            ToBrowser::DesktopSize { width, height } => assert_eq!((width, height), (1920, 1080)),
+            ToBrowser::EndFrame { frame_id } => {
+                frames += 1;
+                send(
+                    &mut ws,
+                    &FromBrowser::FrameDecoded {
+                        frame_id,
+                        frames_decoded: frames,
+                        queue_depth: 0,
+                    },
+                );
+                peak = peak.max(rss(gw.child.id()));
+            }
+            _ => {}
+        }
+    }
+    painting.store(false, std::sync::atomic::Ordering::Relaxed);
+    painter.join().unwrap();
+    let above = peak.saturating_sub(idle);
+    println!(
+        "1080p: {frames} frames, {bytes} bytes forwarded, gateway anonymous RSS idle {idle} peak {peak} (+{above})"
+    );
+    assert!(frames >= 10, "only {frames} frames in 4 s");
+    // A 1920×1080 RGBA framebuffer alone would be 7.9 MiB.
+    assert!(
+        above < 8 << 20,
+        "gateway grew by {above} bytes with one 1080p session"
+    );
+}
+
+#[test]
+fn wrong_password_and_unreachable_host_are_reported_in_words() {
+    let server = freerdp::ShadowServer::start(800, 600);
+    let (gw, _dir) = gateway_for(&server);
+    for (target, words) in [
+        ("shadow-wrong", "authentication failed for user 'rdpuser'"),
+        ("closed", "cannot reach 127.0.0.1:"),
+    ] {
+        let mut ws = gw.ws().unwrap();
+        hello(&mut ws, target);
+        let reason = loop {
+            if let ToBrowser::Disconnected { reason } = ToBrowser::decode(&next(&mut ws)).unwrap() {
+                break reason.to_string();
+            }
+        };
+        assert!(reason.contains(words), "{target}: {reason}");
+        assert_eq!(ws.expect_close().0, 4000);
+    }
+    // The gateway is unharmed: the right password still works.
+    let mut ws = gw.ws().unwrap();
+    hello(&mut ws, "shadow");
+    loop {
+        if let ToBrowser::DesktopSize { width, height } = ToBrowser::decode(&next(&mut ws)).unwrap()
+        {
+            assert_eq!((width, height), (1024, 768));
+            break;
+        }
+    }
 }

@@ -58,7 +58,10 @@ impl Gateway {
         }
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RDPWIRE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
