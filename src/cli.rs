@@ -49,6 +49,14 @@ pub fn command() -> Command {
                 .args(settings_args.clone()),
         )
         .subcommand(
+            Command::new("demo")
+                .about(
+                    "Run the gateway with an embedded demo desktop on loopback and print the URL to open",
+                )
+                .arg(config_arg.clone())
+                .args(settings_args.clone()),
+        )
+        .subcommand(
             Command::new("check-config")
                 .about("Validate the configuration and print the memory plan, then exit")
                 .arg(config_arg)

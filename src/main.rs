@@ -65,6 +65,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        "demo" => {
+            init_logging(settings.log_format);
+            install_panic_hook();
+            match demo(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(err = %format!("{err:#}"), "demo stopped");
+                    eprintln!("rdpwire: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {
             init_logging(settings.log_format);
             install_panic_hook();
@@ -78,4 +90,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The gateway plus the embedded demo desktop on loopback, as the target `demo`, which is
+/// also what a page that names no target opens.
+fn demo(mut settings: Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut secret = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("no randomness for the demo password"))?;
+    let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let server = rdpwire::demo::DemoServer::start(rdpwire::demo::DemoOptions {
+        bind: "127.0.0.1:0".parse()?,
+        username: "demo".to_owned(),
+        password: password.clone(),
+    })
+    .context("starting the demo desktop")?;
+    let addr = server.addr();
+    settings.targets.insert(
+        "demo".to_owned(),
+        rdpwire::rdp::Target {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            username: "demo".to_owned(),
+            password,
+            domain: None,
+            // The demo's certificate is self-signed and lives only on loopback.
+            tls: rdpwire::rdp::TlsPolicy::Insecure,
+        },
+    );
+    if settings.default_target.is_none() {
+        settings.default_target = Some("demo".to_owned());
+    }
+    runtime::serve(settings, |listen| {
+        println!("rdpwire demo: open http://{listen}/ in a browser (the demo desktop is target \"demo\")");
+    })?;
+    drop(server);
+    Ok(())
 }

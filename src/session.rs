@@ -1,26 +1,65 @@
-//! One browser session, sans-IO: browser messages in, messages for the browser out.
+//! One browser session, sans-IO: browser messages and RDP events in; messages for the browser
+//! and actions for the RDP side out.
 //!
-//! Every outbound message is encoded into a frame chunk from the session's arena share. When
-//! the share is used up the session asks for no more input (`wants_input` turns false) until
-//! the shell has written what is queued: a browser that does not read slows itself down
-//! through TCP, and the gateway's memory for it never grows past its share.
+//! Two bounds keep a session's memory fixed whatever its peers do:
+//! - every outbound control message is encoded into a frame chunk of the session's arena share;
+//!   when the share is used up the session asks for no more input (`wants_input`);
+//! - at most [`MAX_FRAMES_IN_FLIGHT`] frames may be on their way to the page without a
+//!   FrameDecoded answer; beyond that the session takes no more RDP events (`wants_rdp`), so
+//!   the RDP socket fills and TCP holds the server back, and the server — which gets a frame
+//!   acknowledgement only when the page has applied the frame — slows down by itself.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use arena::{FrameChunk, SessionShare, Slot};
 
-use crate::protocol::{FromBrowser, ProtocolError, ToBrowser};
+use crate::protocol::{FromBrowser, Pointer, ProtocolError, State, ToBrowser};
+use crate::rdp::egfx::SurfaceFormat;
+use crate::rdp::{GfxEvent, InputEvent, PointerEvent, RdpEvent};
 
-/// An encoded message, living in pool memory until the shell has written it.
-pub struct Outbound {
-    slot: Slot<FrameChunk>,
-    len: usize,
+/// Frames sent to the page and not yet reported decoded, at most.
+pub const MAX_FRAMES_IN_FLIGHT: usize = 4;
+
+/// An encoded message: in pool memory when it fits a chunk; graphics payloads (an H.264
+/// access unit, a pointer image) are written out once, from where the RDP side left them.
+pub enum Outbound {
+    Pooled { slot: Slot<FrameChunk>, len: usize },
+    Large(Vec<u8>),
 }
 
 impl Outbound {
     pub fn bytes(&self) -> &[u8] {
-        self.slot.get(..self.len).unwrap_or(&[])
+        match self {
+            Outbound::Pooled { slot, len } => slot.get(..*len).unwrap_or(&[]),
+            Outbound::Large(v) => v,
+        }
     }
+}
+
+/// What the shell must do on the RDP side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open the RDP connection to the named target (empty: the default target).
+    Connect {
+        target: String,
+        width: u16,
+        height: u16,
+    },
+    Input(InputEvent),
+    /// Tell the server the page has applied `frame_id`; `queue_depth` frames are still pending.
+    AckFrame {
+        frame_id: u32,
+        queue_depth: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    AwaitHello,
+    Connecting,
+    Active,
+    Ended,
 }
 
 /// Why a session ends, with the WebSocket close code the browser sees.
@@ -32,13 +71,15 @@ pub enum SessionError {
     Text { session: u64 },
     #[error("session {session}: browser sent input while its output queue was full")]
     InputWhileFull { session: u64 },
+    #[error("session {session}: {what}")]
+    OutOfOrder { session: u64, what: String },
 }
 
 impl SessionError {
     /// RFC 6455 close code: 1002 protocol error, 1003 unacceptable data type, 1008 policy.
     pub fn close_code(&self) -> u16 {
         match self {
-            SessionError::Protocol { .. } => 1002,
+            SessionError::Protocol { .. } | SessionError::OutOfOrder { .. } => 1002,
             SessionError::Text { .. } => 1003,
             SessionError::InputWhileFull { .. } => 1008,
         }
@@ -47,22 +88,33 @@ impl SessionError {
 
 pub struct Session {
     share: SessionShare,
+    id: u64,
     core: u16,
     max_message: u32,
+    phase: Phase,
     out: VecDeque<Outbound>,
+    actions: VecDeque<Action>,
+    /// EndFrame ids sent to the page, oldest first.
+    frames_in_flight: VecDeque<u32>,
 }
 
 impl Session {
-    /// Starts a session and queues its `ServerHello`.
+    /// Starts a session and queues its `ServerHello`. Session ids carry the core in their top
+    /// 16 bits, so they are unique in the process without any shared counter.
     pub fn start(share: SessionShare, core: u16, max_message: u32) -> Self {
+        let id = (u64::from(core) << 48) | (share.id() & 0xffff_ffff_ffff);
         let mut s = Session {
             share,
+            id,
             core,
             max_message,
+            phase: Phase::AwaitHello,
             out: VecDeque::new(),
+            actions: VecDeque::new(),
+            frames_in_flight: VecDeque::new(),
         };
         let hello = ToBrowser::ServerHello {
-            session_id: s.id(),
+            session_id: id,
             core,
             max_message,
         };
@@ -72,7 +124,7 @@ impl Session {
     }
 
     pub fn id(&self) -> u64 {
-        self.share.id()
+        self.id
     }
 
     pub fn core(&self) -> u16 {
@@ -83,20 +135,228 @@ impl Session {
         self.max_message
     }
 
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
     /// False while the share has no chunk for an answer: the shell must stop reading.
     pub fn wants_input(&self) -> bool {
         self.share.in_use(arena::Pool::FrameChunk) < self.share.quota(arena::Pool::FrameChunk)
     }
 
+    /// True when the session can take another RDP event (the first one, `Connected`, arrives
+    /// while it is still connecting).
+    pub fn wants_rdp(&self) -> bool {
+        matches!(self.phase, Phase::Connecting | Phase::Active)
+            && self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
+            && self.wants_input()
+    }
+
+    pub fn frames_in_flight(&self) -> usize {
+        self.frames_in_flight.len()
+    }
+
     pub fn handle_binary(&mut self, msg: &[u8]) -> Result<(), SessionError> {
-        let session = self.id();
+        let session = self.id;
+        let out_of_order = |what: String| SessionError::OutOfOrder { session, what };
         match FromBrowser::decode(msg).map_err(|err| SessionError::Protocol { session, err })? {
             FromBrowser::Ping { nonce } => self.queue(&ToBrowser::Pong { nonce }),
+            FromBrowser::ClientHello {
+                width,
+                height,
+                target,
+            } => {
+                if self.phase != Phase::AwaitHello {
+                    return Err(out_of_order("ClientHello sent twice".to_owned()));
+                }
+                self.phase = Phase::Connecting;
+                let text = if target.is_empty() {
+                    "connecting".to_owned()
+                } else {
+                    format!("connecting to {target}")
+                };
+                self.actions.push_back(Action::Connect {
+                    target,
+                    width,
+                    height,
+                });
+                self.status(State::Connecting, &text)
+            }
+            FromBrowser::FrameDecoded {
+                frame_id,
+                queue_depth,
+                ..
+            } => {
+                let Some(pos) = self.frames_in_flight.iter().position(|&f| f == frame_id) else {
+                    return Err(out_of_order(format!(
+                        "FrameDecoded for frame {frame_id}, which is not on its way to the page"
+                    )));
+                };
+                // Frames are applied in order; an answer for a later frame covers earlier ones.
+                self.frames_in_flight.drain(..=pos);
+                let pending = u32::from(queue_depth) + self.frames_in_flight.len() as u32;
+                self.actions.push_back(Action::AckFrame {
+                    frame_id,
+                    queue_depth: pending,
+                });
+                Ok(())
+            }
+            FromBrowser::Input(e) => {
+                // Input before the desktop is there has nowhere to go; it is dropped.
+                if self.phase == Phase::Active {
+                    self.actions.push_back(Action::Input(e));
+                }
+                Ok(())
+            }
         }
     }
 
     pub fn handle_text(&mut self) -> Result<(), SessionError> {
-        Err(SessionError::Text { session: self.id() })
+        Err(SessionError::Text { session: self.id })
+    }
+
+    /// Progress of the RDP connection, shown on the page.
+    pub fn on_progress(&mut self, state: State, text: &str) {
+        let _ = self.status(state, text);
+    }
+
+    /// The RDP side failed or ended: the page gets the reason, the session ends.
+    pub fn on_rdp_end(&mut self, reason: &str) {
+        self.phase = Phase::Ended;
+        self.push_large(&ToBrowser::Disconnected {
+            reason: Cow::Borrowed(reason),
+        });
+    }
+
+    pub fn on_rdp_event(&mut self, event: &RdpEvent) {
+        match event {
+            RdpEvent::Connected { width, height } | RdpEvent::Reactivated { width, height } => {
+                self.phase = Phase::Active;
+                // A reactivated server starts its frame numbering over.
+                self.frames_in_flight.clear();
+                let _ = self.queue(&ToBrowser::DesktopSize {
+                    width: *width,
+                    height: *height,
+                });
+                let _ = self.status(State::Connected, "connected");
+            }
+            RdpEvent::Graphics(g) => self.on_graphics(g),
+            RdpEvent::Pointer(p) => {
+                let msg = ToBrowser::Pointer(match p {
+                    PointerEvent::Default => Pointer::Default,
+                    PointerEvent::Hidden => Pointer::Hidden,
+                    PointerEvent::Position { x, y } => Pointer::Position { x: *x, y: *y },
+                    PointerEvent::Bitmap {
+                        width,
+                        height,
+                        hotspot_x,
+                        hotspot_y,
+                        rgba,
+                    } => Pointer::Bitmap {
+                        width: *width,
+                        height: *height,
+                        hot_x: *hotspot_x,
+                        hot_y: *hotspot_y,
+                        rgba: Cow::Borrowed(rgba.as_slice()),
+                    },
+                });
+                self.push_large(&msg);
+            }
+            RdpEvent::Disconnected { reason } => self.on_rdp_end(reason),
+        }
+    }
+
+    fn on_graphics(&mut self, g: &GfxEvent) {
+        let msg = match g {
+            GfxEvent::ResetGraphics { width, height, .. } => ToBrowser::ResetGraphics {
+                width: clamp16(*width),
+                height: clamp16(*height),
+            },
+            GfxEvent::CreateSurface {
+                surface,
+                width,
+                height,
+                format,
+            } => ToBrowser::CreateSurface {
+                surface: *surface,
+                width: *width,
+                height: *height,
+                format: u8::from(*format == SurfaceFormat::ARgb),
+            },
+            GfxEvent::DeleteSurface { surface } => ToBrowser::DeleteSurface { surface: *surface },
+            GfxEvent::MapSurfaceToOutput { surface, x, y } => ToBrowser::MapSurfaceToOutput {
+                surface: *surface,
+                x: clamp16(*x),
+                y: clamp16(*y),
+            },
+            GfxEvent::StartFrame { frame_id, .. } => ToBrowser::StartFrame {
+                frame_id: *frame_id,
+            },
+            GfxEvent::EndFrame { frame_id } => {
+                self.frames_in_flight.push_back(*frame_id);
+                ToBrowser::EndFrame {
+                    frame_id: *frame_id,
+                }
+            }
+            GfxEvent::Avc420(a) => ToBrowser::Avc420 {
+                surface: a.surface,
+                dest: a.dest,
+                regions: Cow::Borrowed(&a.regions),
+                access_unit: Cow::Borrowed(a.access_unit()),
+            },
+            GfxEvent::SolidFill {
+                surface,
+                color,
+                rects,
+            } => ToBrowser::SolidFill {
+                surface: *surface,
+                color: *color,
+                rects: Cow::Borrowed(rects),
+            },
+            GfxEvent::SurfaceToSurface {
+                src_surface,
+                dst_surface,
+                src_rect,
+                dst_points,
+            } => ToBrowser::SurfaceToSurface {
+                src: *src_surface,
+                dst: *dst_surface,
+                src_rect: *src_rect,
+                points: Cow::Borrowed(dst_points),
+            },
+            GfxEvent::SurfaceToCache {
+                surface,
+                cache_slot,
+                src_rect,
+                ..
+            } => ToBrowser::SurfaceToCache {
+                surface: *surface,
+                slot: *cache_slot,
+                src_rect: *src_rect,
+            },
+            GfxEvent::CacheToSurface {
+                cache_slot,
+                surface,
+                dst_points,
+            } => ToBrowser::CacheToSurface {
+                slot: *cache_slot,
+                surface: *surface,
+                points: Cow::Borrowed(dst_points),
+            },
+            GfxEvent::EvictCacheEntry { cache_slot } => {
+                ToBrowser::EvictCacheEntry { slot: *cache_slot }
+            }
+            // Capability choice, cache import and codec contexts concern only the gateway.
+            GfxEvent::CapsConfirmed { .. }
+            | GfxEvent::CacheImportReply { .. }
+            | GfxEvent::DeleteEncodingContext { .. }
+            | GfxEvent::OtherCodec { .. } => return,
+        };
+        self.push_large(&msg);
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 
     /// The next message to write, if any. Dropping it returns its chunk to the share.
@@ -108,18 +368,48 @@ impl Session {
         self.out.len()
     }
 
-    fn queue(&mut self, msg: &ToBrowser) -> Result<(), SessionError> {
-        let session = self.id();
+    fn status(&mut self, state: State, text: &str) -> Result<(), SessionError> {
+        self.queue(&ToBrowser::Status {
+            state,
+            text: Cow::Borrowed(text),
+        })
+    }
+
+    /// Messages whose size is bounded by the protocol go to pool memory.
+    fn queue(&mut self, msg: &ToBrowser<'_>) -> Result<(), SessionError> {
+        let session = self.id;
         let mut slot = self
             .share
             .alloc::<FrameChunk>()
             .ok_or(SessionError::InputWhileFull { session })?;
-        let len = msg
-            .encode(&mut slot)
-            .map_err(|err| SessionError::Protocol { session, err })?;
-        self.out.push_back(Outbound { slot, len });
+        match msg.encode(&mut slot) {
+            Ok(len) => self.out.push_back(Outbound::Pooled { slot, len }),
+            Err(_) => self.out.push_back(Outbound::Large(msg.to_vec())),
+        }
         Ok(())
     }
+
+    /// Graphics messages: pooled when they fit a chunk, else written out once in full.
+    fn push_large(&mut self, msg: &ToBrowser<'_>) {
+        let len = msg.encoded_len();
+        if len <= self.share_chunk_size() {
+            if let Some(mut slot) = self.share.alloc::<FrameChunk>() {
+                if let Ok(len) = msg.encode(&mut slot) {
+                    self.out.push_back(Outbound::Pooled { slot, len });
+                    return;
+                }
+            }
+        }
+        self.out.push_back(Outbound::Large(msg.to_vec()));
+    }
+
+    fn share_chunk_size(&self) -> usize {
+        self.share.slot_size(arena::Pool::FrameChunk)
+    }
+}
+
+fn clamp16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]
@@ -148,6 +438,19 @@ mod tests {
         FromBrowser::Ping { nonce: n }.encode()
     }
 
+    fn hello(target: &str) -> Vec<u8> {
+        FromBrowser::ClientHello {
+            width: 1280,
+            height: 720,
+            target: target.into(),
+        }
+        .encode()
+    }
+
+    fn drain(s: &mut Session) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| s.poll_transmit().map(|o| o.bytes().to_vec())).collect()
+    }
+
     #[test]
     fn hello_then_pong() {
         let a = arena(4);
@@ -155,11 +458,7 @@ mod tests {
         let hello = s.poll_transmit().unwrap();
         assert!(matches!(
             ToBrowser::decode(hello.bytes()).unwrap(),
-            ToBrowser::ServerHello {
-                core: 1,
-                max_message: 65536,
-                ..
-            }
+            ToBrowser::ServerHello { core: 1, max_message: 65536, session_id } if session_id >> 48 == 1
         ));
         s.handle_binary(&ping(9)).unwrap();
         let pong = s.poll_transmit().unwrap();
@@ -168,6 +467,115 @@ mod tests {
             ToBrowser::Pong { nonce: 9 }
         );
         assert!(s.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn client_hello_asks_for_a_connection_once() {
+        let a = arena(8);
+        let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+        s.handle_binary(&hello("office")).unwrap();
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::Connect {
+                target: "office".into(),
+                width: 1280,
+                height: 720
+            })
+        );
+        let msgs = drain(&mut s);
+        assert_eq!(
+            ToBrowser::decode(msgs.last().unwrap()).unwrap(),
+            ToBrowser::Status {
+                state: State::Connecting,
+                text: "connecting to office".into()
+            }
+        );
+        let e = s.handle_binary(&hello("office")).unwrap_err();
+        assert_eq!(e.close_code(), 1002);
+        assert!(e.to_string().contains("ClientHello sent twice"));
+    }
+
+    fn active(a: &Arena) -> Session {
+        let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+        s.handle_binary(&hello("")).unwrap();
+        s.poll_action();
+        s.on_rdp_event(&RdpEvent::Connected {
+            width: 1280,
+            height: 720,
+        });
+        drain(&mut s);
+        s
+    }
+
+    #[test]
+    fn frames_are_acknowledged_only_when_the_page_has_them() {
+        let a = arena(16);
+        let mut s = active(&a);
+        assert!(s.wants_rdp());
+        for id in 1..=MAX_FRAMES_IN_FLIGHT as u32 {
+            s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::StartFrame {
+                frame_id: id,
+                timestamp_ms: 0,
+            }));
+            s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: id }));
+            drain(&mut s);
+        }
+        // The page has applied none: no ack went out and no more RDP events are taken.
+        assert_eq!(s.poll_action(), None);
+        assert!(!s.wants_rdp());
+        let decoded = FromBrowser::FrameDecoded {
+            frame_id: 2,
+            frames_decoded: 2,
+            queue_depth: 1,
+        };
+        s.handle_binary(&decoded.encode()).unwrap();
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::AckFrame {
+                frame_id: 2,
+                queue_depth: 3
+            })
+        );
+        assert_eq!(s.frames_in_flight(), 2);
+        assert!(s.wants_rdp());
+        let bogus = FromBrowser::FrameDecoded {
+            frame_id: 99,
+            frames_decoded: 3,
+            queue_depth: 0,
+        };
+        let e = s.handle_binary(&bogus.encode()).unwrap_err();
+        assert!(e.to_string().contains("frame 99"), "{e}");
+    }
+
+    #[test]
+    fn input_flows_only_while_active() {
+        let a = arena(8);
+        let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+        let click = FromBrowser::Input(InputEvent::MouseMove { x: 1, y: 1 }).encode();
+        s.handle_binary(&click).unwrap();
+        assert_eq!(s.poll_action(), None);
+        let mut s = active(&a);
+        s.handle_binary(&click).unwrap();
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::Input(InputEvent::MouseMove { x: 1, y: 1 }))
+        );
+    }
+
+    #[test]
+    fn large_graphics_are_written_whole_and_small_ones_pooled() {
+        let a = arena(8);
+        let mut s = active(&a);
+        s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::DeleteSurface { surface: 3 }));
+        let o = s.poll_transmit().unwrap();
+        assert!(matches!(o, Outbound::Pooled { .. }));
+        drop(o);
+        s.on_rdp_event(&RdpEvent::Disconnected {
+            reason: "x".repeat(1000),
+        });
+        let o = s.poll_transmit().unwrap();
+        assert!(matches!(o, Outbound::Large(_)));
+        assert_eq!(s.phase(), Phase::Ended);
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub const WS_READ_BUFFER: usize = 4 << 10;
 /// Heap of one session besides the WebSocket buffers: task, state machine, queues of handles.
 pub const SESSION_STATE: u64 = 16 << 10;
 
+/// The RDP side of a session on the heap: ZGFX's history window, which the protocol fixes at
+/// 2,500,000 bytes per graphics channel and which fills in steady state (`ironrdp-graphics`
+/// `zgfx::HISTORY_SIZE`), plus TLS record buffers, the PDU framing buffer and IronRDP's
+/// connection state (128 KiB together).
+pub const RDP_STATE: u64 = 2_500_000 + (128 << 10);
+
 /// Linux doubles the requested SO_SNDBUF/SO_RCVBUF to account for its own bookkeeping.
 pub const KERNEL_SOCKBUF_FACTOR: u64 = 2;
 
@@ -82,6 +88,8 @@ pub struct PerSession {
     pub websocket: u64,
     /// Heap state, including the arena's per-slot bookkeeping.
     pub state: u64,
+    /// The RDP connection's protocol state (ZGFX history, TLS, framing).
+    pub rdp: u64,
 }
 
 impl Base {
@@ -92,7 +100,7 @@ impl Base {
 
 impl PerSession {
     pub fn total(&self) -> u64 {
-        self.pools + self.kernel_sockets + self.websocket + self.state
+        self.pools + self.kernel_sockets + self.websocket + self.state + self.rdp
     }
 }
 
@@ -128,6 +136,7 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         kernel_sockets: browser_kernel + server_kernel,
         websocket: (i.ws_max_message + WS_READ_BUFFER) as u64 + ws_write_reserve(&i.pools),
         state: SESSION_STATE + slots_per_session(&i.pools) * SLOT_METADATA,
+        rdp: RDP_STATE,
     };
     let base = Base {
         process: PROCESS_BASE,

@@ -8,7 +8,7 @@ set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1; }
 
 missing=0
-for cmd in taskset prlimit setpriv freerdp-shadow-cli3 winpr-hash3 Xvfb xsetroot chromium; do
+for cmd in taskset prlimit setpriv freerdp-shadow-cli3 xfreerdp3 winpr-hash3 Xvfb xsetroot xdotool xwd chromium; do
     have "$cmd" || missing=1
 done
 ((missing)) || exit 0
@@ -28,5 +28,5 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq util-linux xvfb x11-xserver-utils chromium
+apt-get install -y -qq util-linux xvfb x11-xserver-utils xdotool x11-apps chromium
 apt-get install -y -qq -t bookworm-backports freerdp3-shadow-x11 freerdp3-x11 winpr3-utils

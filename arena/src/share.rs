@@ -62,6 +62,11 @@ impl SessionShare {
     pub fn quota(&self, pool: Pool) -> usize {
         self.inner.arena.quota(pool)
     }
+
+    /// Bytes in one slot of `pool`.
+    pub fn slot_size(&self, pool: Pool) -> usize {
+        self.inner.arena.slot_size(pool)
+    }
 }
 
 impl fmt::Debug for SessionShare {

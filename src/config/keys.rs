@@ -35,6 +35,8 @@ keys! {
         "HTTP connections per core that may be reading a request at once";
     WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("64KiB"),
         "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
+    DEFAULT_TARGET: "server.default_target", "default-target", "RDPWIRE_DEFAULT_TARGET", None,
+        "target opened by a page that names none (a [targets.NAME] of the file)";
     LOG_FORMAT: "server.log_format", "log-format", "RDPWIRE_LOG_FORMAT", Some("human"),
         "log format: human or json";
     MEMORY_BUDGET: "memory.budget", "memory-budget", "RDPWIRE_MEMORY_BUDGET", None,

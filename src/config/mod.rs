@@ -5,6 +5,7 @@
 
 pub mod keys;
 mod parse;
+pub mod targets;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +52,15 @@ pub enum ConfigError {
     Toml { path: PathBuf, msg: String },
     #[error("configuration file {}: unknown key {key:?}", path.display())]
     UnknownKey { path: PathBuf, key: String },
+    #[error("invalid configuration: {key} = {value:?} ({origin}): {why}")]
+    InvalidTarget {
+        key: String,
+        value: String,
+        origin: Origin,
+        why: String,
+    },
+    #[error("invalid configuration: server.default_target = {name:?}: no [targets.{name}] is configured")]
+    NoSuchDefaultTarget { name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +103,10 @@ pub struct Settings {
     pub huge_pages: bool,
     pub pools: Pools,
     pub sockets: SocketBuffers,
+    /// Named RDP targets; the page picks one with `?target=NAME`.
+    pub targets: BTreeMap<String, crate::rdp::Target>,
+    /// The target for a page that names none.
+    pub default_target: Option<String>,
 }
 
 /// Values given explicitly on the command line or in the environment, keyed by TOML name.
@@ -104,6 +118,7 @@ pub struct Layers {
     explicit: Explicit,
     file: BTreeMap<String, String>,
     file_path: Option<PathBuf>,
+    file_targets: toml::Table,
 }
 
 impl Layers {
@@ -126,10 +141,20 @@ impl Layers {
     }
 
     pub fn with_file_text(mut self, path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
             path: path.to_owned(),
             msg: e.message().to_owned(),
         })?;
+        match table.remove("targets") {
+            Some(toml::Value::Table(t)) => self.file_targets = t,
+            Some(_) => {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key: "targets (must be tables: [targets.NAME])".to_owned(),
+                })
+            }
+            None => {}
+        }
         let mut flat = BTreeMap::new();
         flatten("", &toml::Value::Table(table), &mut flat);
         for key in flat.keys() {
@@ -190,6 +215,14 @@ impl Layers {
     }
 
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        self.resolve_with_env(&|k| std::env::var(k).ok())
+    }
+
+    /// `resolve`, with environment look-ups (target passwords) through `env`.
+    pub fn resolve_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         use keys::*;
         use parse::{bool_value, count, duration, log_format, size, socket_addr, socket_buffer};
         let pool = |size_key: Key, count_key: Key| -> Result<PoolSpec, ConfigError> {
@@ -228,6 +261,20 @@ impl Layers {
                 server_sndbuf: self.req(SERVER_SNDBUF, socket_buffer)?,
                 server_rcvbuf: self.req(SERVER_RCVBUF, socket_buffer)?,
             },
+            targets: match &self.file_path {
+                Some(path) => targets::parse(path, &self.file_targets, env)?,
+                None => BTreeMap::new(),
+            },
+            default_target: None,
+        })
+        .and_then(|mut s: Settings| {
+            s.default_target = self.get(DEFAULT_TARGET, |v| Ok(v.to_owned()))?;
+            if let Some(name) = &s.default_target {
+                if !s.targets.contains_key(name) {
+                    return Err(ConfigError::NoSuchDefaultTarget { name: name.clone() });
+                }
+            }
+            Ok(s)
         })
     }
 }

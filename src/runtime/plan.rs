@@ -73,7 +73,7 @@ impl Plan {
             "executors: {} on CPUs {} (allowed: {})\n\
              memory budget: {} ({source})\n\
              base: {} = process {} + executors {} + pending HTTP {}\n\
-             per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {}\n\
+             per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {}\n\
              max sessions: {}{} split per core {:?}",
             self.cpus.len(),
             crate::host::cpus::format_list(&self.cpus),
@@ -88,6 +88,7 @@ impl Plan {
             Human(s.per_session.kernel_sockets),
             Human(s.per_session.websocket),
             Human(s.per_session.state),
+            Human(s.per_session.rdp),
             s.max_sessions,
             if s.max_sessions < s.budget_sessions {
                 format!(" (lowered by --max-sessions from {})", s.budget_sessions)
@@ -120,6 +121,7 @@ impl Plan {
                 "kernel_sockets": s.per_session.kernel_sockets,
                 "websocket": s.per_session.websocket,
                 "state": s.per_session.state,
+                "rdp": s.per_session.rdp,
             },
         })
     }

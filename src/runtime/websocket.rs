@@ -1,5 +1,6 @@
-//! The WebSocket shell of a session: frames in and out with tungstenite, decisions in
-//! `crate::session`. It lives and dies on the core that accepted it.
+//! The WebSocket shell of a session: frames in and out with tungstenite, the RDP connection
+//! through `rdp_client`, decisions in `crate::session`. It lives and dies on the core that
+//! accepted it.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,23 +9,29 @@ use arena::SessionShare;
 use async_tungstenite::WebSocketStream;
 use futures_util::StreamExt;
 use glommio::net::TcpStream;
+use ironrdp_egfx::pdu::QueueDepth;
 use tracing::{info, warn};
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
-use crate::session::Session;
+use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
+use crate::session::{Action, Phase, Session};
 use crate::sizing::{ws_write_reserve, WS_READ_BUFFER};
 use crate::telemetry::{CoreCounters, Direction};
 
 use super::core::Core;
+use super::rdp_client::RdpClient;
 
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
+/// Close code for "the RDP session ended"; the reason came first in a Disconnected message.
+const CLOSE_RDP_ENDED: u16 = 4000;
 
 enum Event {
-    Message(Option<Result<Message, tungstenite::Error>>),
+    Browser(Option<Result<Message, tungstenite::Error>>),
+    Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
 }
 
@@ -33,6 +40,8 @@ struct End {
     code: u16,
     reason: String,
 }
+
+type Ws = WebSocketStream<TcpStream>;
 
 pub async fn run(
     core: Rc<Core>,
@@ -58,28 +67,26 @@ pub async fn run(
     let mut session = Session::start(share, core_id, u32::try_from(max).unwrap_or(u32::MAX));
     let id = session.id();
     info!(session = id, cpu = core.cpu, %peer, "session started");
+    let mut rdp: Option<RdpClient> = None;
 
     let end = loop {
-        let mut failed = None;
-        while let Some(out) = session.poll_transmit() {
-            let bytes = out.bytes();
-            counters.add_bytes(Direction::BrowserOut, bytes.len());
-            if let Err(err) = ws
-                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
-                .await
-            {
-                failed = Some(err);
-                break;
-            }
+        if let Err(end) = flush(&mut ws, &mut session, &counters).await {
+            break end;
         }
-        if let Some(err) = failed {
-            break End {
-                code: 1006,
-                reason: format!("writing to the browser failed: {err}"),
-            };
+        if let Some(end) = run_actions(&core, &mut session, &mut rdp, id).await {
+            break end;
         }
-        // Only read when an answer has room: a browser that does not read its output stops
-        // being read, and TCP pushes back on it.
+        if let Err(end) = flush(&mut ws, &mut session, &counters).await {
+            break end;
+        }
+        if session.phase() == Phase::Ended {
+            break close(
+                &mut ws,
+                CLOSE_RDP_ENDED,
+                "the remote desktop session ended".into(),
+            )
+            .await;
+        }
         if !session.wants_input() {
             // Every chunk is back once the queue is written; anything else is a leak.
             break End {
@@ -87,25 +94,33 @@ pub async fn run(
                 reason: format!("session {id}: output chunks not returned after writing"),
             };
         }
-        let event = futures_lite::future::or(async { Event::Message(ws.next().await) }, async {
-            core.shutdown.wait().await;
-            Event::Shutdown
-        })
+        let take_rdp = session.wants_rdp();
+        let event = futures_lite::future::or(
+            futures_lite::future::or(async { Event::Browser(ws.next().await) }, async {
+                match rdp.as_mut() {
+                    Some(client) if take_rdp => Event::Rdp(client.next_event().await),
+                    _ => std::future::pending().await,
+                }
+            }),
+            async {
+                core.shutdown.wait().await;
+                Event::Shutdown
+            },
+        )
         .await;
         match event {
             Event::Shutdown => {
-                break End {
-                    code: 1001,
-                    reason: "gateway is shutting down".to_owned(),
-                }
+                break close(&mut ws, 1001, "gateway is shutting down".to_owned()).await;
             }
-            Event::Message(None) => {
+            Event::Rdp(Ok(ev)) => session.on_rdp_event(&ev),
+            Event::Rdp(Err(err)) => session.on_rdp_end(&err.to_string()),
+            Event::Browser(None) => {
                 break End {
                     code: 1006,
                     reason: "browser went away".to_owned(),
                 }
             }
-            Event::Message(Some(Ok(msg))) => {
+            Event::Browser(Some(Ok(msg))) => {
                 counters.add_bytes(Direction::BrowserIn, msg.len());
                 let res = match msg {
                     Message::Binary(b) => session.handle_binary(&b),
@@ -123,7 +138,7 @@ pub async fn run(
                     break close(&mut ws, err.close_code(), err.to_string()).await;
                 }
             }
-            Event::Message(Some(Err(tungstenite::Error::Capacity(
+            Event::Browser(Some(Err(tungstenite::Error::Capacity(
                 CapacityError::MessageTooLong { size, max_size },
             )))) => {
                 CoreCounters::inc(&counters.ws_oversize_closes);
@@ -132,7 +147,7 @@ pub async fn run(
                 );
                 break close(&mut ws, 1009, reason).await;
             }
-            Event::Message(Some(Err(err))) => {
+            Event::Browser(Some(Err(err))) => {
                 break End {
                     code: 1002,
                     reason: format!("websocket error: {err}"),
@@ -140,18 +155,126 @@ pub async fn run(
             }
         }
     };
-    if end.code == 1001 {
-        let _ = close(&mut ws, end.code, end.reason.clone()).await;
+    if let Some(mut client) = rdp.take() {
+        // Log off politely; the server may already be gone.
+        let _ = futures_lite::future::or(async { client.shutdown().await.ok() }, async {
+            glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
+            None
+        })
+        .await;
     }
     CoreCounters::dec(&counters.sessions_active);
-    if end.code == 1000 || end.code == 1001 {
+    if matches!(end.code, 1000 | 1001 | CLOSE_RDP_ENDED) {
         info!(session = id, code = end.code, reason = %end.reason, "session ended");
     } else {
         warn!(session = id, code = end.code, reason = %end.reason, "session ended");
     }
 }
 
-async fn close(ws: &mut WebSocketStream<TcpStream>, code: u16, reason: String) -> End {
+/// Writes everything the session has queued.
+async fn flush(ws: &mut Ws, session: &mut Session, counters: &CoreCounters) -> Result<(), End> {
+    while let Some(out) = session.poll_transmit() {
+        let bytes = out.bytes();
+        counters.add_bytes(Direction::BrowserOut, bytes.len());
+        if let Err(err) = ws
+            .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+            .await
+        {
+            return Err(End {
+                code: 1006,
+                reason: format!("writing to the browser failed: {err}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Carries out what the session asked of the RDP side.
+async fn run_actions(
+    core: &Core,
+    session: &mut Session,
+    rdp: &mut Option<RdpClient>,
+    id: u64,
+) -> Option<End> {
+    while let Some(action) = session.poll_action() {
+        let result = match action {
+            Action::Connect {
+                target,
+                width,
+                height,
+            } => {
+                let t = match resolve_target(core, &target) {
+                    Ok(t) => t,
+                    Err(reason) => {
+                        session.on_rdp_end(&reason);
+                        continue;
+                    }
+                };
+                let size = DesktopSize { width, height };
+                info!(session = id, target = %target, host = %t.host, width, height, "connecting");
+                let connect = futures_lite::future::or(
+                    async { Some(RdpClient::connect(&t, size, &core.settings).await) },
+                    async {
+                        core.shutdown.wait().await;
+                        None
+                    },
+                )
+                .await;
+                match connect {
+                    None => {
+                        return Some(End {
+                            code: 1001,
+                            reason: "gateway is shutting down".to_owned(),
+                        })
+                    }
+                    Some(Ok(client)) => {
+                        *rdp = Some(client);
+                        Ok(())
+                    }
+                    Some(Err(err)) => Err(err),
+                }
+            }
+            Action::Input(e) => match rdp.as_mut() {
+                Some(c) => c.send_input(&[e]).await,
+                None => Ok(()),
+            },
+            Action::AckFrame {
+                frame_id,
+                queue_depth,
+            } => match rdp.as_mut() {
+                Some(c) => {
+                    c.ack_frame(frame_id, QueueDepth::AvailableBytes(queue_depth))
+                        .await
+                }
+                None => Ok(()),
+            },
+        };
+        if let Err(err) = result {
+            session.on_rdp_end(&err.to_string());
+        }
+    }
+    None
+}
+
+/// The configured target a page asked for, by name; empty means the default target.
+fn resolve_target(core: &Core, name: &str) -> Result<Target, String> {
+    let settings = &core.settings;
+    let name = if name.is_empty() {
+        match &settings.default_target {
+            Some(d) => d.as_str(),
+            None => return Err("no target was named and no default target is configured".into()),
+        }
+    } else {
+        name
+    };
+    settings
+        .targets
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("no target named {name:?} is configured on this gateway"))
+}
+
+async fn close(ws: &mut Ws, code: u16, reason: String) -> End {
     let mut text = reason.clone();
     while text.len() > MAX_CLOSE_REASON {
         text.pop();

@@ -89,7 +89,9 @@ impl ShadowServer {
             .arg(format!(":{display}"))
             .args(["-screen", "0"])
             .arg(format!("{width}x{height}x24"))
-            .args(["-nolisten", "tcp"])
+            // Without -noreset the server resets when its last client leaves (the readiness
+            // probe below), and a client connecting during the reset is refused.
+            .args(["-nolisten", "tcp", "-noreset"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -40,16 +40,28 @@ impl Gateway {
         Self::start_with(Command::new(BIN), args)
     }
 
+    /// `rdpwire demo`: the gateway with its embedded demo desktop as the default target.
+    pub fn start_demo(args: &[&str]) -> Gateway {
+        Self::start_sub(Command::new(BIN), "demo", args)
+    }
+
     /// Starts `cmd` (the binary, or a wrapper such as taskset) with `serve` and `args`.
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> Gateway {
+    pub fn start_with(cmd: Command, args: &[&str]) -> Gateway {
+        Self::start_sub(cmd, "serve", args)
+    }
+
+    pub fn start_sub(mut cmd: Command, sub: &str, args: &[&str]) -> Gateway {
         if cmd.get_program() == BIN {
-            cmd.arg("serve");
+            cmd.arg(sub);
         } else {
-            cmd.arg(BIN).arg("serve");
+            cmd.arg(BIN).arg(sub);
         }
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RDPWIRE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();

@@ -1,0 +1,906 @@
+//! One client connection: the RDP handshake (TLS, CredSSP) and the active session loop.
+//!
+//! Thread per connection, blocking sockets. The loop alternates between reading client PDUs
+//! (with a read timeout that ends at the next frame deadline) and producing a frame.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ironrdp_acceptor::{Acceptor, AcceptorResult, BeginResult, DesktopSize};
+use ironrdp_async::Framed;
+use ironrdp_connector::{ConnectorError, ConnectorErrorKind, ServerName};
+use ironrdp_core::{decode, encode_vec, WriteBuf};
+use ironrdp_dvc::{encode_dvc_messages, DrdynvcServer};
+use ironrdp_egfx::pdu::{Avc420Region, CapabilitiesAdvertisePdu, CapabilitySet};
+use ironrdp_egfx::server::{GraphicsPipelineHandler, GraphicsPipelineServer};
+use ironrdp_pdu::input::fast_path::FastPathInput;
+use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, DisconnectReason, McsMessage};
+use ironrdp_pdu::nego::SecurityProtocol;
+use ironrdp_pdu::rdp::capability_sets::{self as caps, CapabilitySet as RdpCapabilitySet};
+use ironrdp_pdu::rdp::headers::{ShareControlHeader, ShareControlPdu, ShareDataPdu};
+use ironrdp_pdu::x224::X224;
+use ironrdp_pdu::Action;
+use ironrdp_svc::{server_encode_svc_messages, ChannelFlags, StaticChannelSet};
+use rustls::{ServerConnection, StreamOwned};
+use tracing::{debug, info, warn};
+
+use super::encoder::{FPS, H264};
+use super::input::InputMapper;
+use super::io::{block_on, Blocking, NoNetwork};
+use super::painter::{Desktop, DesktopEvent, FrameClock};
+use super::{DemoError, Shared};
+
+/// Largest desktop the demo paints (OpenH264's limit); larger requests are clamped.
+pub const MAX_DESKTOP: DesktopSize = DesktopSize {
+    width: 3840,
+    height: 2160,
+};
+/// Used when the client asks for nothing usable.
+const DEFAULT_DESKTOP: DesktopSize = DesktopSize {
+    width: 1024,
+    height: 768,
+};
+/// No read of the connection sequence waits longer than this for the client.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A write that makes no progress for this long ends the session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// After this long without an open graphics pipeline, say so once in the log.
+const GFX_GRACE: Duration = Duration::from_secs(5);
+/// Frames sent but not yet acknowledged before the stream pauses (EGFX flow control).
+pub const MAX_FRAMES_IN_FLIGHT: u32 = 3;
+/// H.264 quantization parameter announced for the region (informational for clients).
+const REGION_QP: u8 = 22;
+
+type TlsStream = StreamOwned<ServerConnection, TcpStream>;
+
+/// Why a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    ClientShutdown,
+    ServerStopping,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub fn serve(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Result<End, DemoError> {
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let accepted = handshake(tcp, peer, shared)?;
+    let mut session = Session::new(accepted, shared)?;
+    info!(
+        %peer,
+        width = session.desktop.size().0,
+        height = session.desktop.size().1,
+        "demo rdp session started"
+    );
+    {
+        let mut observed = shared.lock_observed();
+        observed.connections += 1;
+        observed.desktop_size = Some(session.desktop.size());
+    }
+    let end = match session.run() {
+        Err(DemoError::Io(e)) if is_disconnect(&e) => Ok(End::ClientClosed),
+        other => other,
+    };
+    session.close(matches!(end, Ok(End::ServerStopping)));
+    end
+}
+
+struct Accepted {
+    stream: TlsStream,
+    leftover: Vec<u8>,
+    result: AcceptorResult,
+}
+
+fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Accepted, DemoError> {
+    let security = SecurityProtocol::SSL | SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX;
+    let mut acceptor = Acceptor::new(
+        security,
+        DEFAULT_DESKTOP,
+        server_capabilities(DEFAULT_DESKTOP),
+        Some(shared.credentials.clone()),
+    );
+    acceptor.set_honor_client_desktop_size(Some(MAX_DESKTOP));
+    let gfx = GraphicsPipelineServer::new(Box::new(GfxEvents {
+        shared: Arc::clone(shared),
+    }));
+    acceptor.attach_static_channel(DrdynvcServer::new().with_dynamic_channel(gfx));
+
+    let framed = Framed::<Blocking<TcpStream>>::new(tcp);
+    let tcp = match block_on(ironrdp_acceptor::accept_begin(framed, &mut acceptor)) {
+        Ok(BeginResult::ShouldUpgrade(tcp)) => tcp,
+        Ok(BeginResult::Continue(_)) => {
+            return Err(DemoError::Handshake(
+                "the client did not negotiate tls".to_owned(),
+            ));
+        }
+        Err(e) => return Err(classify("negotiation", &e, false)),
+    };
+
+    let tls = ServerConnection::new(Arc::clone(&shared.identity.config)).map_err(DemoError::Tls)?;
+    let mut stream = StreamOwned::new(tls, tcp);
+    acceptor.mark_security_upgrade_as_done();
+    // The framed stream borrows the TLS stream, so a refusal can still be written after the
+    // acceptor gave up on it.
+    let mut framed = Framed::<Blocking<&mut TlsStream>>::new(&mut stream);
+
+    if acceptor.should_perform_credssp() {
+        debug!(%peer, "nla: credssp with ntlm");
+        let client_name = ServerName::new(peer.ip().to_string());
+        let mut network = NoNetwork;
+        let credssp = ironrdp_acceptor::accept_credssp(
+            &mut framed,
+            &mut acceptor,
+            &mut network,
+            client_name,
+            shared.identity.public_key.clone(),
+            None,
+        );
+        // On failure the acceptor has told the client already (TSRequest error code, and the
+        // Early User Authorization Result with HYBRID_EX).
+        if let Err(e) = block_on(credssp) {
+            drop(framed);
+            close_tls(&mut stream);
+            return Err(classify("nla (credssp)", &e, true));
+        }
+    }
+
+    let finalized = block_on(ironrdp_acceptor::accept_finalize(framed, &mut acceptor));
+    let (framed, result) = match finalized {
+        Ok(done) => done,
+        Err(e) => {
+            let error = classify("connection sequence", &e, is_credentials_error(&e));
+            if matches!(error, DemoError::AuthenticationFailed(_)) {
+                // TLS-only logon refused at Client Info: say so with a Set Error Info PDU
+                // (when the client supports it) before closing.
+                let mut buf = WriteBuf::new();
+                if let Ok(n) = acceptor.encode_access_denied(&mut buf) {
+                    if let Some(bytes) = buf.filled().get(..n) {
+                        let _ = stream.write_all(bytes);
+                    }
+                }
+            }
+            close_tls(&mut stream);
+            return Err(error);
+        }
+    };
+    let (_, leftover) = framed.into_inner();
+    let leftover = leftover.to_vec();
+    Ok(Accepted {
+        stream,
+        leftover,
+        result,
+    })
+}
+
+fn close_tls(stream: &mut TlsStream) {
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    let _ = stream.sock.shutdown(std::net::Shutdown::Both);
+}
+
+fn is_credentials_error(e: &ConnectorError) -> bool {
+    matches!(
+        e.kind(),
+        ConnectorErrorKind::General | ConnectorErrorKind::AccessDenied
+    ) && format!("{}", e.report()).contains("invalid credentials")
+}
+
+/// The peer leaving, a refused logon, or another failure of the connection sequence.
+fn classify(phase: &str, e: &ConnectorError, logon: bool) -> DemoError {
+    let report = format!("{phase}: {}", e.report());
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<io::Error>().is_some_and(is_disconnect) {
+            return DemoError::ClientLeft(report);
+        }
+        source = s.source();
+    }
+    if logon {
+        DemoError::AuthenticationFailed(report)
+    } else {
+        DemoError::Handshake(report)
+    }
+}
+
+/// I/O errors that mean the peer went away.
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// Capability sets the server announces in its Demand Active PDU.
+fn server_capabilities(size: DesktopSize) -> Vec<RdpCapabilitySet> {
+    vec![
+        RdpCapabilitySet::General(caps::General {
+            extra_flags: caps::GeneralExtraFlags::FASTPATH_OUTPUT_SUPPORTED,
+            refresh_rect_support: true,
+            suppress_output_support: true,
+            ..Default::default()
+        }),
+        RdpCapabilitySet::Bitmap(caps::Bitmap {
+            pref_bits_per_pix: 32,
+            desktop_width: size.width,
+            desktop_height: size.height,
+            desktop_resize_flag: true,
+            drawing_flags: caps::BitmapDrawingFlags::empty(),
+        }),
+        RdpCapabilitySet::Order(caps::Order::new(
+            caps::OrderFlags::empty(),
+            caps::OrderSupportExFlags::empty(),
+            2048,
+            224,
+        )),
+        RdpCapabilitySet::SurfaceCommands(caps::SurfaceCommands {
+            flags: caps::CmdFlags::all(),
+        }),
+        RdpCapabilitySet::Pointer(caps::Pointer {
+            color_pointer_cache_size: 2048,
+            pointer_cache_size: 2048,
+        }),
+        RdpCapabilitySet::Input(caps::Input {
+            input_flags: caps::InputFlags::SCANCODES
+                | caps::InputFlags::MOUSEX
+                | caps::InputFlags::FASTPATH_INPUT
+                | caps::InputFlags::UNICODE
+                | caps::InputFlags::FASTPATH_INPUT_2,
+            keyboard_layout: 0,
+            keyboard_type: None,
+            keyboard_subtype: 0,
+            keyboard_function_key: 128,
+            keyboard_ime_filename: String::new(),
+        }),
+        RdpCapabilitySet::VirtualChannel(caps::VirtualChannel {
+            flags: caps::VirtualChannelFlags::NO_COMPRESSION,
+            chunk_size: None,
+        }),
+        RdpCapabilitySet::MultiFragmentUpdate(caps::MultifragmentUpdate {
+            max_request_size: 8 * 1024 * 1024,
+        }),
+    ]
+}
+
+/// EGFX callbacks: count acknowledgements for [`super::Observed`].
+struct GfxEvents {
+    shared: Arc<Shared>,
+}
+
+impl GraphicsPipelineHandler for GfxEvents {
+    fn capabilities_advertise(&mut self, pdu: &CapabilitiesAdvertisePdu) {
+        debug!(sets = pdu.0.len(), "egfx capabilities advertised");
+    }
+
+    fn on_ready(&mut self, negotiated: &CapabilitySet) {
+        debug!(?negotiated, "egfx ready");
+    }
+
+    fn on_frame_ack(&mut self, frame_id: u32, queue_depth: u32, total_frames_decoded: u32) {
+        self.shared.frames_acked.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            frame_id,
+            queue_depth, total_frames_decoded, "egfx frame acknowledged"
+        );
+    }
+
+    fn max_frames_in_flight(&self) -> u32 {
+        MAX_FRAMES_IN_FLIGHT
+    }
+}
+
+struct Session<'a> {
+    stream: TlsStream,
+    rx: Vec<u8>,
+    user_channel_id: u16,
+    io_channel_id: u16,
+    channels: StaticChannelSet,
+    drdynvc_id: Option<u16>,
+    desktop: Desktop,
+    input: InputMapper,
+    gfx: GfxState,
+    started: Instant,
+    shared: &'a Arc<Shared>,
+}
+
+/// Graphics pipeline state of one session.
+struct GfxState {
+    encoder: Option<H264>,
+    surface: Option<u16>,
+    frame: u64,
+    suppressed: bool,
+    backpressured: bool,
+    warned_no_gfx: bool,
+    warned_no_avc: bool,
+    stats: StreamStats,
+}
+
+/// Per-session stream statistics, logged every [`STATS_EVERY`].
+struct StreamStats {
+    since: Instant,
+    frames: u32,
+    bytes: usize,
+    work: Duration,
+    paused_ticks: u32,
+}
+
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+impl StreamStats {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            frames: 0,
+            bytes: 0,
+            work: Duration::ZERO,
+            paused_ticks: 0,
+        }
+    }
+
+    fn maybe_log(&mut self, in_flight: u32) {
+        let window = self.since.elapsed();
+        if window < STATS_EVERY {
+            return;
+        }
+        let secs = window.as_secs_f64();
+        debug!(
+            fps = format!("{:.1}", f64::from(self.frames) / secs),
+            kbit_per_s = format!("{:.0}", self.bytes as f64 * 8.0 / 1000.0 / secs),
+            paint_encode_ms = format!(
+                "{:.1}",
+                self.work.as_secs_f64() * 1000.0 / f64::from(self.frames.max(1))
+            ),
+            paused_ticks = self.paused_ticks,
+            in_flight,
+            "egfx stream"
+        );
+        *self = Self::new();
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(accepted: Accepted, shared: &'a Arc<Shared>) -> Result<Self, DemoError> {
+        let Accepted {
+            stream,
+            leftover,
+            result,
+        } = accepted;
+        let size = result
+            .capabilities
+            .iter()
+            .find_map(|c| match c {
+                RdpCapabilitySet::Bitmap(b) => Some((b.desktop_width, b.desktop_height)),
+                _ => None,
+            })
+            .unwrap_or((DEFAULT_DESKTOP.width, DEFAULT_DESKTOP.height));
+        let size = (
+            size.0.clamp(1, MAX_DESKTOP.width),
+            size.1.clamp(1, MAX_DESKTOP.height),
+        );
+        let drdynvc_id = result
+            .static_channels
+            .get_channel_id_by_type::<DrdynvcServer>();
+        let mut session = Session {
+            stream,
+            rx: leftover,
+            user_channel_id: result.user_channel_id,
+            io_channel_id: result.io_channel_id,
+            channels: result.static_channels,
+            drdynvc_id,
+            desktop: Desktop::new(size.0, size.1),
+            input: InputMapper::default(),
+            gfx: GfxState {
+                encoder: None,
+                surface: None,
+                frame: 0,
+                suppressed: false,
+                backpressured: false,
+                warned_no_gfx: false,
+                warned_no_avc: false,
+                stats: StreamStats::new(),
+            },
+            started: Instant::now(),
+            shared,
+        };
+        // Input the client sent while the connection was being finalized.
+        for frame in result.input_events {
+            let action = frame
+                .first()
+                .and_then(|b| Action::from_fp_output_header(*b).ok());
+            if let Some(action) = action {
+                session.handle_pdu(action, &frame)?;
+            }
+        }
+        // Start the static channels (DRDYNVC sends its capabilities request).
+        let mut out = Vec::new();
+        for (_, channel, id) in session.channels.iter_by_key_mut() {
+            let Some(id) = id else { continue };
+            let messages = channel
+                .start()
+                .map_err(|e| DemoError::Protocol(format!("channel start: {e}")))?;
+            out.extend(
+                server_encode_svc_messages(messages, id, session.user_channel_id)
+                    .map_err(encode_err)?,
+            );
+        }
+        session.send(&out)?;
+        Ok(session)
+    }
+
+    fn run(&mut self) -> Result<End, DemoError> {
+        let period = Duration::from_millis(u64::from(1000 / FPS));
+        let mut next_frame = Instant::now();
+        // PDUs read together with the end of the connection sequence.
+        if let Some(end) = self.handle_buffered()? {
+            return Ok(end);
+        }
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(End::ServerStopping);
+            }
+            let now = Instant::now();
+            if now >= next_frame {
+                self.tick()?;
+                next_frame += period;
+                if next_frame < now {
+                    next_frame = now + period;
+                }
+            }
+            let wait = next_frame
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            self.stream.sock.set_read_timeout(Some(wait))?;
+            if let Some(end) = self.pump()? {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Reads what the client sent (waiting at most until the read timeout) and handles it.
+    fn pump(&mut self) -> Result<Option<End>, DemoError> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => return Ok(Some(self.closed())),
+            Ok(n) => self
+                .rx
+                .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) if is_disconnect(&e) => return Ok(Some(self.closed())),
+            Err(e) => return Err(e.into()),
+        }
+        self.handle_buffered()
+    }
+
+    /// The reading side ended: the client left, or [`DemoServer`](super::DemoServer)'s drop
+    /// shut it to stop the session.
+    fn closed(&self) -> End {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            End::ServerStopping
+        } else {
+            End::ClientClosed
+        }
+    }
+
+    /// Handles every complete PDU in the receive buffer.
+    fn handle_buffered(&mut self) -> Result<Option<End>, DemoError> {
+        loop {
+            let info = ironrdp_pdu::find_size(&self.rx)
+                .map_err(|e| DemoError::Protocol(format!("framing: {e}")))?;
+            let Some(info) = info else { break };
+            if self.rx.len() < info.length {
+                break;
+            }
+            let frame: Vec<u8> = self.rx.drain(..info.length).collect();
+            if let Some(end) = self.handle_pdu(info.action, &frame)? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
+    fn handle_pdu(&mut self, action: Action, frame: &[u8]) -> Result<Option<End>, DemoError> {
+        match action {
+            Action::FastPath => {
+                let input: FastPathInput = decode(frame)
+                    .map_err(|e| DemoError::Protocol(format!("fast-path input: {e}")))?;
+                for event in input.input_events() {
+                    if let Some(event) = self.input.fast_path(event) {
+                        self.apply(event);
+                    }
+                }
+                Ok(None)
+            }
+            Action::X224 => self.handle_x224(frame),
+        }
+    }
+
+    fn handle_x224(&mut self, frame: &[u8]) -> Result<Option<End>, DemoError> {
+        let message = decode::<X224<McsMessage<'_>>>(frame)
+            .map_err(|e| DemoError::Protocol(format!("mcs: {e}")))?;
+        match message.0 {
+            McsMessage::SendDataRequest(data) if data.channel_id == self.io_channel_id => {
+                let control: ShareControlHeader = decode(data.user_data.as_ref())
+                    .map_err(|e| DemoError::Protocol(format!("share control: {e}")))?;
+                let ShareControlPdu::Data(header) = control.share_control_pdu else {
+                    debug!("ignoring a share control pdu that is not data");
+                    return Ok(None);
+                };
+                match header.share_data_pdu {
+                    ShareDataPdu::Input(input) => {
+                        for event in &input.0 {
+                            if let Some(event) = self.input.slow_path(event) {
+                                self.apply(event);
+                            }
+                        }
+                    }
+                    ShareDataPdu::ShutdownRequest => return Ok(Some(End::ClientShutdown)),
+                    ShareDataPdu::SuppressOutput(pdu) => {
+                        self.gfx.suppressed = pdu.desktop_rect.is_none();
+                        debug!(suppressed = self.gfx.suppressed, "client suppress output");
+                    }
+                    ShareDataPdu::RefreshRectangle(_) => {
+                        self.gfx.suppressed = false;
+                        if let Some(encoder) = self.gfx.encoder.as_mut() {
+                            encoder.force_key_frame();
+                        }
+                    }
+                    other => debug!(pdu = other.as_short_name(), "ignoring share data pdu"),
+                }
+                Ok(None)
+            }
+            McsMessage::SendDataRequest(data) => {
+                let Some(channel) = self.channels.get_by_channel_id_mut(data.channel_id) else {
+                    debug!(channel_id = data.channel_id, "data for an unknown channel");
+                    return Ok(None);
+                };
+                let messages = channel.process(data.user_data.as_ref()).map_err(|e| {
+                    DemoError::Protocol(format!("virtual channel {}: {e}", data.channel_id))
+                })?;
+                let out =
+                    server_encode_svc_messages(messages, data.channel_id, self.user_channel_id)
+                        .map_err(encode_err)?;
+                self.send(&out)?;
+                Ok(None)
+            }
+            McsMessage::DisconnectProviderUltimatum(d) => {
+                debug!(reason = ?d.reason, "client disconnect ultimatum");
+                Ok(Some(End::ClientClosed))
+            }
+            _ => {
+                debug!("ignoring an unexpected mcs message");
+                Ok(None)
+            }
+        }
+    }
+
+    fn apply(&mut self, event: DesktopEvent) {
+        self.desktop.apply(event);
+        self.shared.record(event);
+    }
+
+    /// One frame period: keep the EGFX surface set up and send a frame if flow control allows.
+    fn tick(&mut self) -> Result<(), DemoError> {
+        let Some(drdynvc_id) = self.drdynvc_id else {
+            return Ok(());
+        };
+        let Some(drdynvc) = self
+            .channels
+            .get_by_channel_id_mut(drdynvc_id)
+            .and_then(|c| c.channel_processor_downcast_mut::<DrdynvcServer>())
+        else {
+            return Ok(());
+        };
+        let opened = drdynvc
+            .get_channel_id_by_type::<GraphicsPipelineServer>()
+            .and_then(|id| drdynvc.dvc_by_id_mut::<GraphicsPipelineServer>(id));
+        let Some(mut dvc) = opened else {
+            if !self.gfx.warned_no_gfx && self.started.elapsed() > GFX_GRACE {
+                self.gfx.warned_no_gfx = true;
+                warn!("the client has not opened the graphics pipeline (egfx); the demo desktop needs it");
+            }
+            return Ok(());
+        };
+        let gfx_id = dvc.channel_id();
+        let server = dvc.processor_mut();
+        let elapsed = self.started.elapsed();
+        let sent = produce_frame(server, &mut self.gfx, &mut self.desktop, elapsed)?;
+        let messages = server.drain_output();
+        if sent {
+            self.shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let svc = encode_dvc_messages(gfx_id, messages, ChannelFlags::SHOW_PROTOCOL)
+            .map_err(encode_err)?;
+        let out = server_encode_svc_messages(svc, drdynvc_id, self.user_channel_id)
+            .map_err(encode_err)?;
+        self.send(&out)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), DemoError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(bytes)?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Ends the session: a disconnect notice when the server stops, then TLS close_notify.
+    fn close(&mut self, server_stopping: bool) {
+        if server_stopping {
+            let ultimatum = McsMessage::DisconnectProviderUltimatum(
+                DisconnectProviderUltimatum::from_reason(DisconnectReason::ProviderInitiated),
+            );
+            if let Ok(bytes) = encode_vec(&X224(ultimatum)) {
+                let _ = self.send(&bytes);
+            }
+        }
+        self.stream.conn.send_close_notify();
+        let _ = self.stream.flush();
+        let _ = self.stream.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Sets up the surface when needed and queues one AVC420 frame unless paused.
+/// Returns whether a frame was queued.
+fn produce_frame(
+    server: &mut GraphicsPipelineServer,
+    gfx: &mut GfxState,
+    desktop: &mut Desktop,
+    elapsed: Duration,
+) -> Result<bool, DemoError> {
+    if !server.is_ready() {
+        return Ok(false);
+    }
+    let surface_alive = gfx
+        .surface
+        .is_some_and(|id| server.get_surface(id).is_some());
+    if !surface_alive {
+        // First frame, or the client re-advertised its capabilities (which drops surfaces).
+        let (w, h) = desktop.size();
+        let (bw, bh) = desktop.buffer_size();
+        server.set_output_dimensions(w, h);
+        let Some(id) = server.create_surface(bw, bh) else {
+            return Ok(false);
+        };
+        server.map_surface_to_output(id, 0, 0);
+        gfx.surface = Some(id);
+        match gfx.encoder.as_mut() {
+            Some(encoder) => encoder.force_key_frame(),
+            None => gfx.encoder = Some(H264::new(bw, bh)?),
+        }
+        debug!(surface = id, width = w, height = h, "egfx surface created");
+    }
+    if !server.supports_avc420() {
+        if !gfx.warned_no_avc {
+            gfx.warned_no_avc = true;
+            warn!(negotiated = ?server.negotiated_capabilities(), "the client does not accept avc420 (h.264); no frames");
+        }
+        return Ok(false);
+    }
+    if gfx.suppressed {
+        return Ok(false);
+    }
+    let backpressured = server.should_backpressure();
+    if backpressured != gfx.backpressured {
+        gfx.backpressured = backpressured;
+        debug!(
+            in_flight = server.frames_in_flight(),
+            paused = backpressured,
+            "egfx flow control"
+        );
+    }
+    let (Some(surface), Some(encoder)) = (gfx.surface, gfx.encoder.as_mut()) else {
+        return Ok(false);
+    };
+    gfx.stats.maybe_log(server.frames_in_flight());
+    if backpressured {
+        gfx.stats.paused_ticks += 1;
+        return Ok(false);
+    }
+    let work = Instant::now();
+    let clock = FrameClock {
+        millis_of_day: millis_of_day(),
+        elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        frame: gfx.frame,
+    };
+    let rgba = desktop.paint(clock);
+    let h264 = encoder.encode(rgba)?;
+    gfx.stats.work += work.elapsed();
+    if h264.is_empty() {
+        return Ok(false);
+    }
+    let (w, h) = desktop.size();
+    let region = Avc420Region {
+        left: 0,
+        top: 0,
+        right: w,
+        bottom: h,
+        quantization_parameter: REGION_QP,
+        quality: 100,
+    };
+    let timestamp = u32::try_from(clock.elapsed_ms % u64::from(u32::MAX)).unwrap_or(0);
+    match server.try_send_avc420_frame(surface, &h264, &[region], timestamp) {
+        Ok(frame_id) => {
+            gfx.frame += 1;
+            gfx.stats.frames += 1;
+            gfx.stats.bytes += h264.len();
+            if gfx.frame == 1 {
+                debug!(frame_id, bytes = h264.len(), "first egfx frame queued");
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            // The encoder moved on; restart the chain so the client never sees a gap.
+            encoder.force_key_frame();
+            debug!(error = %e, "egfx frame not queued");
+            Ok(false)
+        }
+    }
+}
+
+fn millis_of_day() -> u32 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() % 86_400_000)
+        .unwrap_or(0);
+    u32::try_from(ms).unwrap_or(0)
+}
+
+fn encode_err(e: ironrdp_core::EncodeError) -> DemoError {
+    DemoError::Protocol(format!("encode: {e}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use ironrdp_core::encode_vec;
+    use ironrdp_dvc::DvcProcessor as _;
+    use ironrdp_egfx::pdu::{CapabilitiesV81Flags, FrameAcknowledgePdu, GfxPdu, QueueDepth};
+
+    use super::*;
+
+    struct Quiet;
+
+    impl GraphicsPipelineHandler for Quiet {
+        fn capabilities_advertise(&mut self, _: &CapabilitiesAdvertisePdu) {}
+        fn on_ready(&mut self, _: &CapabilitySet) {}
+        fn max_frames_in_flight(&self) -> u32 {
+            MAX_FRAMES_IN_FLIGHT
+        }
+    }
+
+    fn gfx_state() -> GfxState {
+        GfxState {
+            encoder: None,
+            surface: None,
+            frame: 0,
+            suppressed: false,
+            backpressured: false,
+            warned_no_gfx: false,
+            warned_no_avc: false,
+            stats: StreamStats::new(),
+        }
+    }
+
+    fn ready_server(caps: CapabilitySet) -> GraphicsPipelineServer {
+        let mut server = GraphicsPipelineServer::new(Box::new(Quiet));
+        server.start(7).unwrap();
+        let advertise =
+            GfxPdu::CapabilitiesAdvertise(CapabilitiesAdvertisePdu::from_typed(&[caps]));
+        let confirm = server.process(7, &encode_vec(&advertise).unwrap()).unwrap();
+        assert_eq!(confirm.len(), 1, "capabilities confirm");
+        server
+    }
+
+    fn avc420() -> CapabilitySet {
+        CapabilitySet::V8_1 {
+            flags: CapabilitiesV81Flags::AVC420_ENABLED | CapabilitiesV81Flags::SMALL_CACHE,
+        }
+    }
+
+    fn ack(server: &mut GraphicsPipelineServer, frame_id: u32) {
+        let ack = GfxPdu::FrameAcknowledge(FrameAcknowledgePdu {
+            queue_depth: QueueDepth::AvailableBytes(0),
+            frame_id,
+            total_frames_decoded: frame_id + 1,
+        });
+        server.process(7, &encode_vec(&ack).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn frames_stop_at_the_ack_window_and_resume_on_ack() {
+        let mut server = ready_server(avc420());
+        let mut gfx = gfx_state();
+        let mut desktop = Desktop::new(320, 200);
+        let t = Duration::from_millis(40);
+
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap());
+        // ResetGraphics, CreateSurface, MapSurfaceToOutput, then StartFrame, WireToSurface1, EndFrame.
+        assert_eq!(server.drain_output().len(), 6);
+        let surface = server.get_surface(gfx.surface.unwrap()).unwrap();
+        assert_eq!((surface.width, surface.height), (320, 208));
+        assert_eq!(server.output_dimensions(), (320, 200));
+
+        for _ in 1..MAX_FRAMES_IN_FLIGHT {
+            assert!(produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap());
+            assert_eq!(server.drain_output().len(), 3);
+        }
+        for _ in 0..10 {
+            assert!(
+                !produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+                "paused"
+            );
+            assert!(server.drain_output().is_empty());
+        }
+        assert_eq!(gfx.frame, u64::from(MAX_FRAMES_IN_FLIGHT));
+        ack(&mut server, 0);
+        assert!(
+            produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+            "resumed"
+        );
+        assert!(
+            !produce_frame(&mut server, &mut gfx, &mut desktop, t).unwrap(),
+            "one ack, one frame"
+        );
+    }
+
+    #[test]
+    fn suppressed_output_and_clients_without_avc420_get_no_frames() {
+        let mut server = ready_server(avc420());
+        let mut gfx = GfxState {
+            suppressed: true,
+            ..gfx_state()
+        };
+        let mut desktop = Desktop::new(320, 200);
+        assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        gfx.suppressed = false;
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+
+        let v8 = CapabilitySet::V8 {
+            flags: ironrdp_egfx::pdu::CapabilitiesV8Flags::SMALL_CACHE,
+        };
+        let mut server = ready_server(v8);
+        let mut gfx = gfx_state();
+        assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        assert!(gfx.warned_no_avc);
+    }
+
+    #[test]
+    fn a_capabilities_re_advertise_recreates_the_surface_with_a_key_frame() {
+        let mut server = ready_server(avc420());
+        let mut gfx = gfx_state();
+        let mut desktop = Desktop::new(320, 200);
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        server.drain_output();
+        let advertise =
+            GfxPdu::CapabilitiesAdvertise(CapabilitiesAdvertisePdu::from_typed(&[avc420()]));
+        server.process(7, &encode_vec(&advertise).unwrap()).unwrap();
+        assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
+        // A fresh surface again: ResetGraphics, CreateSurface, MapSurfaceToOutput + the frame.
+        assert_eq!(server.drain_output().len(), 6);
+    }
+}

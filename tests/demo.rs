@@ -1,0 +1,630 @@
+//! The embedded demo RDP server against real RDP clients: FreeRDP (a third-party client) and
+//! an IronRDP client written here that decodes the H.264 frames and checks pixels.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod demo_client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use rdpwire::demo::{DemoOptions, DemoServer, Observed};
+
+const USER: &str = "demo";
+const PASS: &str = "demo-pass-123";
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("RDPWIRE_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rdpwire=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+fn start() -> DemoServer {
+    init_logs();
+    DemoServer::start(DemoOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        username: USER.to_owned(),
+        password: PASS.to_owned(),
+    })
+    .unwrap()
+}
+
+/// Waits until `cond` holds on the server's observations, or panics with them.
+fn wait_for(
+    server: &DemoServer,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&Observed) -> bool,
+) -> Observed {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = server.observed();
+        if cond(&seen) {
+            return seen;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FreeRDP
+// ---------------------------------------------------------------------------------------------
+
+/// The FreeRDP X11 client, installed with apt when missing (`freerdp2-x11` is in Debian's main
+/// suite; `freerdp3-x11` from bookworm-backports is used when it is already there).
+/// `RDPWIRE_TEST_XFREERDP` picks a specific binary (e.g. `xfreerdp` when both are installed).
+fn xfreerdp() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RDPWIRE_TEST_XFREERDP") {
+        return Some(PathBuf::from(path));
+    }
+    fn find() -> Option<PathBuf> {
+        ["xfreerdp3", "xfreerdp"].iter().find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+    }
+    if let Some(found) = find() {
+        return Some(found);
+    }
+    apt_install(&["freerdp2-x11"]);
+    find()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn apt_install(packages: &[&str]) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("apt-get") {
+        eprintln!("!!!!! apt-get is not available: cannot install {packages:?}; the test skips that part !!!!!");
+        return;
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=120",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=120", "update", "-qq"])
+            .status();
+        assert!(install(), "apt-get install {packages:?} failed");
+    }
+}
+
+fn freerdp_args(addr: SocketAddr, user: &str, pass: &str) -> Vec<String> {
+    vec![
+        format!("/v:{}:{}", addr.ip(), addr.port()),
+        format!("/u:{user}"),
+        format!("/p:{pass}"),
+        "/cert:ignore".to_owned(),
+        "/log-level:WARN".to_owned(),
+    ]
+}
+
+fn run_with_timeout(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            return (status.code(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            return (None, text);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `+auth-only`: FreeRDP authenticates (NLA) and exits; 0 (FreeRDP 2) or 131 (FreeRDP 3.10)
+/// means success.
+/// FreeRDP 2 opens its X display even then.
+fn freerdp_auth_only(
+    client: &PathBuf,
+    x: &Xvfb,
+    addr: SocketAddr,
+    pass: &str,
+) -> (Option<i32>, String) {
+    let child = Command::new(client)
+        .args(freerdp_args(addr, USER, pass))
+        .arg("+auth-only")
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    run_with_timeout(child, Duration::from_secs(20))
+}
+
+#[test]
+fn freerdp_nla_logon_and_wrong_password() {
+    let Some(client) = xfreerdp() else { return };
+    let Some(x) = Xvfb::start() else { return };
+    let server = start();
+
+    let (code, out) = freerdp_auth_only(&client, &x, server.addr(), PASS);
+    assert!(
+        matches!(code, Some(0) | Some(131)),
+        "auth-only with the right password: {code:?}\n{out}"
+    );
+
+    let (code, out) = freerdp_auth_only(&client, &x, server.addr(), "wrong-password");
+    assert!(
+        !matches!(code, Some(0) | Some(131) | None),
+        "auth-only with a wrong password: {code:?}\n{out}"
+    );
+    wait_for(
+        &server,
+        "the refused logon to be counted",
+        Duration::from_secs(5),
+        |o| o.auth_failures >= 1,
+    );
+}
+
+/// A private X server for FreeRDP's window; killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Option<Xvfb> {
+        if !have("Xvfb") {
+            apt_install(&["xvfb"]);
+        }
+        if !have("Xvfb") {
+            return None;
+        }
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+                // No server reset when the last client leaves: a client arriving during a
+                // reset is refused.
+                "-noreset",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut number = String::new();
+        let mut byte = [0u8; 1];
+        while std::io::Read::read(&mut stdout, &mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            number.push(char::from(byte[0]));
+        }
+        assert!(!number.is_empty(), "Xvfb did not report its display");
+        Some(Xvfb {
+            child,
+            display: format!(":{number}"),
+        })
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an X client tool (xdotool, xwd) on the test display.
+fn x_tool(x: &Xvfb, program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .env("DISPLAY", &x.display)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The root window as RGB rows, from `xwd -root` (ZPixmap TrueColor, 24 or 32 bits a pixel).
+fn screenshot(x: &Xvfb) -> (usize, Vec<[u8; 3]>) {
+    let xwd = x_tool(x, "xwd", &["-root", "-silent"]);
+    let field = |i: usize| u32::from_be_bytes(xwd[i * 4..i * 4 + 4].try_into().unwrap()) as usize;
+    let (header, width, height) = (field(0), field(4), field(5));
+    let (byte_order, bits_per_pixel, bytes_per_line) = (field(7), field(11), field(12));
+    let masks = [field(14) as u32, field(15) as u32, field(16) as u32];
+    let ncolors = field(19);
+    let bytes = bits_per_pixel / 8;
+    assert!(
+        matches!(bytes, 3 | 4),
+        "xwd pixel format: {bits_per_pixel} bits"
+    );
+    let data = &xwd[header + ncolors * 12..];
+    let channel = |px: u32, mask: u32| ((px & mask) >> mask.trailing_zeros()) as u8;
+    let pixels = (0..height)
+        .flat_map(|y| (0..width).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let src = &data[y * bytes_per_line + x * bytes..][..bytes];
+            let mut b = [0u8; 4];
+            let px = if byte_order == 0 {
+                b[..bytes].copy_from_slice(src);
+                u32::from_le_bytes(b)
+            } else {
+                b[4 - bytes..].copy_from_slice(src);
+                u32::from_be_bytes(b)
+            };
+            [
+                channel(px, masks[0]),
+                channel(px, masks[1]),
+                channel(px, masks[2]),
+            ]
+        })
+        .collect();
+    (width, pixels)
+}
+
+#[test]
+fn freerdp_gfx_avc420_session_shows_the_desktop_and_forwards_input() {
+    let Some(client) = xfreerdp() else { return };
+    let Some(x) = Xvfb::start() else { return };
+    if !have("xdotool") || !have("xwd") {
+        apt_install(&["xdotool", "x11-apps"]);
+    }
+    let server = start();
+
+    let mut args = freerdp_args(server.addr(), USER, PASS);
+    args.extend([
+        "/size:1000x700".to_owned(),
+        "/gfx:AVC420".to_owned(),
+        "-clipboard".to_owned(),
+    ]);
+    let mut child = Command::new(&client)
+        .args(&args)
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = wait_for(
+        &server,
+        "acknowledged frames from FreeRDP",
+        Duration::from_secs(20),
+        |o| o.frames_acked >= 10,
+    );
+    assert_eq!(seen.connections, 1);
+    assert_eq!(
+        seen.desktop_size,
+        Some((1000, 700)),
+        "the client's size is the desktop size"
+    );
+
+    // Real input through FreeRDP: X events become RDP mouse and scancode events. Without a
+    // window manager FreeRDP's window sits at the screen's origin.
+    let window =
+        String::from_utf8(x_tool(&x, "xdotool", &["search", "--class", "freerdp"])).unwrap();
+    let window = window
+        .lines()
+        .next()
+        .expect("the FreeRDP window")
+        .to_owned();
+    x_tool(&x, "xdotool", &["mousemove", "500", "450", "click", "1"]);
+    x_tool(&x, "xdotool", &["windowfocus", "--sync", &window]);
+    x_tool(&x, "xdotool", &["type", "--delay", "30", "Hi!"]);
+    wait_for(
+        &server,
+        "FreeRDP's click and keys",
+        Duration::from_secs(10),
+        |o| o.clicks.contains(&(500, 450)) && o.typed == "Hi!",
+    );
+
+    // What FreeRDP shows: the red square and the marker, within H.264 tolerance.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (width, shot) = screenshot(&x);
+        let at = |px: usize, py: usize| shot[py * width + px];
+        let ok = close_to(at(140, 140), RED)
+            && close_to(at(500, 450), MARKER)
+            && !close_to(at(20, 650), RED);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "FreeRDP shows {:?} at the red square, {:?} at the marker",
+            at(140, 140),
+            at(500, 450)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let _ = child.kill();
+    let (_, out) = run_with_timeout(child, Duration::from_secs(5));
+    let seen = server.observed();
+    assert!(seen.frames_sent >= seen.frames_acked, "{out}");
+    assert!(
+        seen.frames_sent - seen.frames_acked <= u64::from(rdpwire::demo::MAX_FRAMES_IN_FLIGHT),
+        "{seen:?}"
+    );
+    wait_for(&server, "the session to end", Duration::from_secs(5), |o| {
+        o.active == 0
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// IronRDP client (decodes the H.264 stream)
+// ---------------------------------------------------------------------------------------------
+
+use demo_client::{connect, Client, Options, Screen};
+use rdpwire::demo::painter::{CLOCK_AT, MARKER, RED, RED_SQUARE, TYPED_AT};
+
+fn options(size: (u16, u16)) -> Options {
+    Options {
+        user: USER.to_owned(),
+        pass: PASS.to_owned(),
+        nla: true,
+        size,
+        ack: true,
+    }
+}
+
+/// Colours after H.264 (4:2:0, lossy) are compared with a tolerance.
+fn close_to(got: [u8; 3], want: [u8; 3]) -> bool {
+    got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 24)
+}
+
+fn region(screen: &Screen, (x, y, w, h): (usize, usize, usize, usize)) -> Vec<u8> {
+    (y..y + h)
+        .flat_map(|yy| (x..x + w).flat_map(move |xx| screen.pixel(xx, yy)))
+        .collect()
+}
+
+fn snapshot_after_frames(client: &Client, n: u32, area: (usize, usize, usize, usize)) -> Vec<u8> {
+    let target = client.frames() + n;
+    client.wait_screen("more frames", Duration::from_secs(10), |s| {
+        s.frames >= target
+    });
+    region(&client.screen.lock().unwrap(), area)
+}
+
+#[test]
+fn ironrdp_client_sees_the_live_desktop_and_its_input() {
+    let server = start();
+    let client = connect(server.addr(), &options((800, 600))).unwrap();
+    client.wait_screen("decoded frames", Duration::from_secs(10), |s| {
+        s.frames >= 5 && s.width > 0
+    });
+    {
+        let s = client.screen.lock().unwrap();
+        assert_eq!(s.output_size, Some((800, 600)));
+        assert_eq!(s.surface_size, Some((800, 608)), "padded to macroblocks");
+        assert_eq!((s.width, s.height), (800, 608));
+        let (x, y, size) = RED_SQUARE;
+        let (x, y, size) = (usize::from(x), usize::from(y), usize::from(size));
+        for (px, py) in [
+            (x + 10, y + 10),
+            (x + size / 2, y + size / 2),
+            (x + size - 10, y + size - 10),
+        ] {
+            assert!(
+                close_to(s.pixel(px, py), RED),
+                "red square at ({px},{py}): {:?}",
+                s.pixel(px, py)
+            );
+        }
+        assert!(!close_to(s.pixel(20, 580), RED), "background is not red");
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+    let seen = server.observed();
+    assert_eq!((seen.connections, seen.active), (1, 1));
+    assert_eq!(seen.desktop_size, Some((800, 600)));
+
+    // The clock ticks: its region differs a few frames later.
+    let clock = (usize::from(CLOCK_AT.0), usize::from(CLOCK_AT.1), 448, 32);
+    let before = snapshot_after_frames(&client, 1, clock);
+    std::thread::sleep(Duration::from_millis(250));
+    let after = snapshot_after_frames(&client, 1, clock);
+    assert_ne!(before, after, "the clock changes");
+
+    // A click draws a marker where it happened.
+    assert!(!close_to(
+        client.screen.lock().unwrap().pixel(500, 450),
+        MARKER
+    ));
+    client.click(500, 450);
+    wait_for(&server, "the click", Duration::from_secs(5), |o| {
+        o.clicks == [(500, 450)]
+    });
+    client.wait_screen("the marker", Duration::from_secs(5), |s| {
+        close_to(s.pixel(500, 450), MARKER)
+    });
+
+    // Typing (scancodes, then unicode) shows up on the text line.
+    let line = (usize::from(TYPED_AT.0), usize::from(TYPED_AT.1), 300, 16);
+    let blank = snapshot_after_frames(&client, 1, line);
+    client.keys(&[0x23, 0x17]); // h i
+    client.unicode("!");
+    wait_for(&server, "the typed text", Duration::from_secs(5), |o| {
+        o.typed == "hi!"
+    });
+    let typed = snapshot_after_frames(&client, 2, line);
+    assert_ne!(
+        blank, typed,
+        "typed text changes the pixels of the text line"
+    );
+
+    drop(client);
+    wait_for(&server, "the session to end", Duration::from_secs(5), |o| {
+        o.active == 0
+    });
+}
+
+#[test]
+fn a_client_that_stops_acknowledging_stops_the_stream() {
+    let server = start();
+    let client = connect(
+        server.addr(),
+        &Options {
+            ack: false,
+            ..options((640, 480))
+        },
+    )
+    .unwrap();
+    let window = u64::from(rdpwire::demo::MAX_FRAMES_IN_FLIGHT);
+    client.wait_screen("the first frames", Duration::from_secs(10), |s| {
+        u64::from(s.frames) >= window
+    });
+    // At 25 fps a second is 25 frame periods: the server must not send past the window.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(u64::from(client.frames()), window);
+    assert_eq!(server.observed().frames_sent, window);
+    // Acknowledging again resumes the stream.
+    client.set_ack(true);
+    client.wait_screen("the stream to resume", Duration::from_secs(5), |s| {
+        u64::from(s.frames) >= window + 10
+    });
+    assert!(server.observed().frames_acked >= 10);
+}
+
+#[test]
+fn tls_only_checks_client_info_credentials() {
+    let server = start();
+    let ok = connect(
+        server.addr(),
+        &Options {
+            nla: false,
+            ..options((640, 480))
+        },
+    )
+    .unwrap();
+    ok.wait_screen("frames over tls-only", Duration::from_secs(10), |s| {
+        s.frames >= 2
+    });
+    let refused = connect(
+        server.addr(),
+        &Options {
+            nla: false,
+            pass: "wrong".to_owned(),
+            ..options((640, 480))
+        },
+    );
+    // The server refuses at Client Info time: a Set Error Info PDU, then the connection ends.
+    assert!(refused.is_err(), "a wrong password must fail");
+    wait_for(&server, "the refused logon", Duration::from_secs(5), |o| {
+        o.auth_failures == 1
+    });
+    assert_eq!(server.observed().connections, 1);
+}
+
+#[test]
+fn nla_wrong_password_is_refused() {
+    let server = start();
+    let err = connect(
+        server.addr(),
+        &Options {
+            pass: "nope".to_owned(),
+            ..options((640, 480))
+        },
+    )
+    .err()
+    .expect("a wrong password must fail");
+    assert!(!err.is_empty());
+    wait_for(&server, "the refused logon", Duration::from_secs(5), |o| {
+        o.auth_failures == 1
+    });
+    let seen = server.observed();
+    assert_eq!((seen.connections, seen.frames_sent), (0, 0));
+}
+
+#[test]
+fn serves_concurrent_sessions_with_their_own_sizes_and_stops_them_on_drop() {
+    let server = start();
+    let a = connect(server.addr(), &options((640, 480))).unwrap();
+    let b = connect(server.addr(), &options((1001, 701))).unwrap();
+    a.wait_screen("frames on a", Duration::from_secs(10), |s| s.frames >= 5);
+    b.wait_screen("frames on b", Duration::from_secs(10), |s| s.frames >= 5);
+    assert_eq!(a.screen.lock().unwrap().output_size, Some((640, 480)));
+    assert_eq!(
+        b.screen.lock().unwrap().output_size,
+        Some((1001, 701)),
+        "odd sizes work (the surface is padded)"
+    );
+    assert_eq!(server.observed().active, 2);
+    let addr = server.addr();
+    let started = Instant::now();
+    drop(server);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "drop joins promptly"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !(a.closed() && b.closed()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        a.closed() && b.closed(),
+        "sessions end when the server stops"
+    );
+    assert!(
+        a.got_ultimatum() && b.got_ultimatum(),
+        "the server says goodbye"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed"
+    );
+}
+
+#[test]
+fn frames_are_paced_at_the_demo_frame_rate() {
+    let server = start();
+    let client = connect(server.addr(), &options((640, 480))).unwrap();
+    client.wait_screen("the first frame", Duration::from_secs(10), |s| {
+        s.frames >= 1
+    });
+    let (f0, t0) = (client.frames(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (frames, secs) = (client.frames() - f0, t0.elapsed().as_secs_f64());
+    let fps = f64::from(frames) / secs;
+    let max = f64::from(rdpwire::demo::FPS);
+    // Never faster than the frame rate; slower only when the machine is busy.
+    assert!(fps <= max + 1.5, "{fps:.1} fps");
+    assert!(fps >= max / 4.0, "{fps:.1} fps");
+}
