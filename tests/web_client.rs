@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chromium::Chromium;
-use h264::{Encoder, Profile};
+use h264::{Encoder, Profile, Vui};
 use page_server::{PageServer, Peer};
 use serde_json::{json, Value};
 use support::Gateway;
@@ -38,8 +38,9 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 const SECS: Duration = Duration::from_secs(10);
-/// Per channel, for decoded H.264: the YUV→RGB conversion is the browser's.
-const TOL: u8 = 12;
+/// Per channel, for the I_PCM pictures of `h264`: their samples are exact, only the
+/// browser's YUV→RGB conversion rounds.
+const TOL: u8 = 4;
 
 const RED: [u8; 3] = [220, 30, 30];
 const GREEN: [u8; 3] = [30, 200, 60];
@@ -275,9 +276,10 @@ fn fills_copies_and_cache_compose_the_screen() {
 
 /// Key frame, delta frame with a partial region, and a second surface whose picture is
 /// placed by `dest`: pixels checked the moment the frame's acknowledgement arrives.
-fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile) {
+fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile, vui: Vui) {
     let mut peer = connected(b, server, 320, 240);
     let mut enc = Encoder::new(profile, 320, 240);
+    enc.vui = vui;
     let key = enc.key_frame(|x, _| if x < 160 { RED } else { BLUE });
     peer.send_all([
         wire::start_frame(1),
@@ -291,18 +293,24 @@ fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile) {
     assert_pixel(b, 240, 120, BLUE, TOL);
     assert_eq!(b.stats()["codecs"], json!([enc.codec()]));
 
-    // Macroblocks (4..8, 4..8) repainted green, but only 64..96 is a region.
+    // Macroblocks (4..8, 4..8) repainted green, but only two strips of them are regions.
     let delta = enc.delta_frame(
         |mx, my| (4..8).contains(&mx) && (4..8).contains(&my),
         |_, _| GREEN,
     );
     peer.send_all([
         wire::start_frame(2),
-        wire::avc420(1, [0, 0, 320, 240], &[[64, 64, 96, 96]], &delta),
+        wire::avc420(
+            1,
+            [0, 0, 320, 240],
+            &[[64, 64, 80, 96], [88, 64, 96, 96]],
+            &delta,
+        ),
         wire::end_frame(2),
     ]);
     assert_eq!(peer.frame_decoded().0, 2);
     assert_pixel(b, 70, 70, GREEN, TOL);
+    assert_pixel(b, 84, 70, RED, TOL); // between the regions
     assert_pixel(b, 95, 95, GREEN, TOL);
     assert_pixel(b, 100, 100, RED, TOL); // decoded green, outside the regions
     assert_pixel(b, 60, 60, RED, TOL);
@@ -310,6 +318,7 @@ fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile) {
     // Surface 2 at (192, 112); its picture covers dest (40, 40)–(104, 104), and only the
     // region from x = 70 is copied: picture columns 30.. land at surface columns 70...
     let mut small = Encoder::new(profile, 64, 64);
+    small.vui = vui;
     let key2 = small.key_frame(|x, _| if x < 32 { YELLOW } else { CYAN });
     peer.send_all([
         wire::create_surface(2, 128, 128, 0),
@@ -338,7 +347,7 @@ fn h264_baseline_pictures_show_only_their_regions() {
     let _turn = serial();
     let server = PageServer::start();
     let mut b = Chromium::launch();
-    h264_pictures(&mut b, &server, Profile::Baseline);
+    h264_pictures(&mut b, &server, Profile::Baseline, Vui::Absent);
 }
 
 #[test]
@@ -346,8 +355,49 @@ fn h264_main_and_high_pictures_show_only_their_regions() {
     let _turn = serial();
     let server = PageServer::start();
     let mut b = Chromium::launch();
-    h264_pictures(&mut b, &server, Profile::Main);
-    h264_pictures(&mut b, &server, Profile::High);
+    h264_pictures(&mut b, &server, Profile::Main, Vui::Limited);
+    h264_pictures(&mut b, &server, Profile::High, Vui::NoColour);
+}
+
+#[test]
+fn h264_colours_are_full_range_bt709_whatever_the_stream_says() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    // Near-black and near-white clip, and saturated colours shift, when a full-range
+    // picture is converted as limited range.
+    let stripes = [
+        [0x10, 0x10, 0x10],
+        [0xee, 0xee, 0xee],
+        [255, 0, 0],
+        [0, 0, 255],
+        [0x33, 0x66, 0xcc],
+    ];
+    for (i, vui) in [Vui::Full, Vui::Limited, Vui::NoColour, Vui::Absent]
+        .into_iter()
+        .enumerate()
+    {
+        let mut enc = Encoder::new(Profile::High, 80, 16);
+        enc.vui = vui;
+        let key = enc.key_frame(|x, _| stripes[(x / 16) as usize]);
+        let frame = i as u32 + 1;
+        peer.send_all([
+            wire::start_frame(frame),
+            wire::avc420(1, [0, 0, 80, 16], &[[0, 0, 80, 16]], &key),
+            wire::end_frame(frame),
+        ]);
+        assert_eq!(peer.frame_decoded().0, frame);
+        for (s, colour) in stripes.iter().enumerate() {
+            let got = b.pixel(s as u32 * 16 + 8, 8);
+            assert!(
+                (0..3).all(|c| got[c].abs_diff(colour[c]) <= TOL),
+                "{vui:?}: stripe {s} is {got:?}, want {colour:?}\n{}",
+                b.describe_page()
+            );
+        }
+    }
+    assert_eq!(b.stats()["decodeErrors"], 0);
 }
 
 #[test]

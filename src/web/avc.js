@@ -2,6 +2,8 @@
 // SPS, and a VideoDecoder that hands back each access unit's picture as a promise, so the
 // compositor can apply it in message order.
 
+import { withFullRangeBt709 } from "./sps.js";
+
 const NAL_IDR = 5;
 const NAL_SPS = 7;
 
@@ -55,6 +57,31 @@ export function inspect(au) {
   return { key, codec };
 }
 
+// The access unit with its SPS saying full-range BT.709, the conversion MS-RDPEGFX
+// 3.3.8.3.1 prescribes (see sps.js); `au` itself when it has no SPS or says so already.
+export function withRdpColours(au) {
+  const nals = nalUnits(au);
+  const i = nals.findIndex((n) => nalType(n) === NAL_SPS);
+  if (i < 0) return au;
+  let sps;
+  try {
+    sps = withFullRangeBt709(nals[i]);
+  } catch (e) {
+    console.warn("rdpwire: SPS not rewritten, colours may be off:", e.message);
+    return au;
+  }
+  if (sps === nals[i]) return au;
+  nals[i] = sps;
+  const out = new Uint8Array(nals.reduce((n, nal) => n + 4 + nal.length, 0));
+  let at = 0;
+  for (const nal of nals) {
+    out.set([0, 0, 0, 1], at);
+    out.set(nal, at + 4);
+    at += 4 + nal.length;
+  }
+  return out;
+}
+
 // A picture that takes longer than this is given up (its frame is acknowledged without it),
 // so one lost decoder output cannot stop the stream for good.
 const OUTPUT_TIMEOUT_MS = 5000;
@@ -74,6 +101,8 @@ export class SurfaceDecoder {
     this.pending = new Map(); // timestamp → {resolve, timer}
     this.skipped = 0;
     this.outputs = 0;
+    this.colorSpace = null;  // what the first picture's VideoFrame reported, for diagnostics
+    this.decodeMs = null;    // the last picture's time from decode() to output
   }
 
   get queueSize() {
@@ -89,10 +118,11 @@ export class SurfaceDecoder {
     }
     if (!this.usable()) return this.skip();
     const timestamp = this.nextTimestamp++;
-    const chunk = new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp, data: au });
+    const data = withRdpColours(au);
+    const chunk = new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp, data });
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.settle(timestamp, null), OUTPUT_TIMEOUT_MS);
-      this.pending.set(timestamp, { resolve, timer });
+      this.pending.set(timestamp, { resolve, timer, sent: performance.now() });
       try {
         this.decoder.decode(chunk);
       } catch (e) {
@@ -128,6 +158,7 @@ export class SurfaceDecoder {
 
   output(frame) {
     this.outputs++;
+    if (!this.colorSpace && frame.colorSpace) this.colorSpace = frame.colorSpace.toJSON();
     if (this.hadError) {
       this.hadError = false;
       this.onRecovered();
@@ -144,6 +175,7 @@ export class SurfaceDecoder {
     if (!p) return false;
     this.pending.delete(timestamp);
     clearTimeout(p.timer);
+    if (frame) this.decodeMs = performance.now() - p.sent;
     p.resolve(frame);
     return true;
   }

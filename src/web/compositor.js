@@ -161,29 +161,37 @@ export class Compositor {
   }
 
   // An H.264 picture covering `dest`: copies only `regions`, each from picture position
-  // (r.left − dest.left, r.top − dest.top) to surface position (r.left, r.top).
+  // (r.left − dest.left, r.top − dest.top) to surface position (r.left, r.top). One
+  // drawImage through a clip of all regions: every drawImage of a VideoFrame converts the
+  // whole picture to RGB, and servers send many regions (FreeRDP: one per 64×64 tile).
   drawPicture(id, frame, dest, regions) {
     const s = this.surface(id);
     if (!s) return;
-    const pw = frame.displayWidth;
-    const ph = frame.displayHeight;
+    // Where the picture lands on the surface.
+    const covered = {
+      left: dest.left, top: dest.top,
+      right: dest.left + frame.displayWidth, bottom: dest.top + frame.displayHeight,
+    };
+    const area = new Path2D();
+    let any = false;
     for (const region of regions) {
-      let r = clip(region, s.width, s.height);
-      if (!r) continue;
-      // Keep to the part of the region the picture covers.
-      r = clip({
-        left: r.left - dest.left, top: r.top - dest.top,
-        right: r.right - dest.left, bottom: r.bottom - dest.top,
-      }, pw, ph);
-      if (!r) continue;
-      const w = r.right - r.left;
-      const h = r.bottom - r.top;
-      const x = r.left + dest.left;
-      const y = r.top + dest.top;
-      s.prepare(x, y, w, h);
-      s.ctx.drawImage(frame, r.left, r.top, w, h, x, y, w, h);
-      this.markDirty(s, { left: x, top: y, right: x + w, bottom: y + h });
+      const r = clip(region, s.width, s.height);
+      const c = r && clip(r, covered.right, covered.bottom);
+      if (!c || c.right <= covered.left || c.bottom <= covered.top) continue;
+      const left = Math.max(c.left, covered.left);
+      const top = Math.max(c.top, covered.top);
+      const w = c.right - left;
+      const h = c.bottom - top;
+      area.rect(left, top, w, h);
+      s.prepare(left, top, w, h);
+      this.markDirty(s, { left, top, right: c.right, bottom: c.bottom });
+      any = true;
     }
+    if (!any) return;
+    s.ctx.save();
+    s.ctx.clip(area);
+    s.ctx.drawImage(frame, dest.left, dest.top);
+    s.ctx.restore();
   }
 
   surface(id) {

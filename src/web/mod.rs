@@ -42,6 +42,11 @@ static ASSETS: &[Asset] = &[
         body: include_bytes!("avc.js"),
     },
     Asset {
+        path: "/sps.js",
+        content_type: JS,
+        body: include_bytes!("sps.js"),
+    },
+    Asset {
         path: "/input.js",
         content_type: JS,
         body: include_bytes!("input.js"),

@@ -41,6 +41,8 @@ const stats = {
   skippedPictures: 0,  // H.264 access units not decoded (no key frame yet, decoder failed)
   decodeErrors: 0,
   codecs: [],          // codec strings the decoders were configured with
+  colorSpace: null,    // the first decoded picture's colour space (VideoFrame.colorSpace)
+  decodeMs: null,      // the last picture's time in the decoder, ms
   fps: 0,
   kbps: 0,
   rttMs: null,         // Ping → Pong round trip
@@ -204,10 +206,12 @@ function onGraphics(m) {
       const codec = d.codec;
       if (codec && !stats.codecs.includes(codec)) stats.codecs.push(codec);
       graphics(() => picture.then((frame) => {
+        if (frame && !stats.colorSpace && frame.colorSpace) stats.colorSpace = frame.colorSpace.toJSON();
         if (!frame) {
           stats.skippedPictures++;
           return;
         }
+        stats.decodeMs = d.decodeMs === null ? null : Math.round(d.decodeMs * 10) / 10;
         try {
           compositor.drawPicture(m.surface, frame, m.dest, m.regions);
           stats.videoFrames++;

@@ -3,8 +3,10 @@
 //! profile, Annex B, one access unit per call. Key frames are SPS + PPS + IDR; delta frames
 //! are P slices that skip every macroblock except the ones repainted.
 //!
-//! The SPS carries a VUI like x264's low-latency streams: BT.709 limited range, and
-//! `max_num_reorder_frames = 0`, so a decoder outputs each picture at once.
+//! Samples are full-range BT.709, as RDP servers encode AVC420 (MS-RDPEGFX 3.3.8.3.1). What
+//! the SPS's VUI says about colour is a choice ([`Vui`]): real servers differ, and the page
+//! must show the same colours whatever it says. Every VUI written carries
+//! `max_num_reorder_frames = 0` (as x264's low-latency streams do), except [`Vui::Absent`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,19 @@ impl Profile {
             Profile::High => 0x00,
         }
     }
+}
+
+/// The colour signalling in the SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vui {
+    /// No VUI at all.
+    Absent,
+    /// A VUI without video_signal_type (FreeRDP's x264 streams).
+    NoColour,
+    /// BT.709, limited range: wrong for the samples, as some servers say.
+    Limited,
+    /// BT.709, full range: right (the demo desktop's OpenH264 streams).
+    Full,
 }
 
 /// Level 3.1.
@@ -122,7 +137,7 @@ fn nal(out: &mut Vec<u8>, ref_idc: u8, nal_type: u8, rbsp: &[u8]) {
     }
 }
 
-/// BT.709 limited range, as signalled in the SPS.
+/// Full-range BT.709 (MS-RDPEGFX 3.3.8.3.1).
 pub fn yuv(rgb: [u8; 3]) -> [u8; 3] {
     let [r, g, b] = rgb.map(|c| f64::from(c) / 255.0);
     let (kr, kb) = (0.2126, 0.0722);
@@ -130,14 +145,11 @@ pub fn yuv(rgb: [u8; 3]) -> [u8; 3] {
     let cb = (b - y) / (2.0 * (1.0 - kb));
     let cr = (r - y) / (2.0 * (1.0 - kr));
     let q = |v: f64| v.round().clamp(0.0, 255.0) as u8;
-    [
-        q(16.0 + 219.0 * y),
-        q(128.0 + 224.0 * cb),
-        q(128.0 + 224.0 * cr),
-    ]
+    [q(255.0 * y), q(128.0 + 255.0 * cb), q(128.0 + 255.0 * cr)]
 }
 
 pub struct Encoder {
+    pub vui: Vui,
     profile: Profile,
     mbs_w: u32,
     mbs_h: u32,
@@ -150,6 +162,7 @@ impl Encoder {
     pub fn new(profile: Profile, width: u32, height: u32) -> Encoder {
         assert!(width % 16 == 0 && height % 16 == 0 && width > 0 && height > 0);
         Encoder {
+            vui: Vui::Full,
             profile,
             mbs_w: width / 16,
             mbs_h: height / 16,
@@ -190,18 +203,29 @@ impl Encoder {
         b.bit(true); // frame_mbs_only_flag
         b.bit(true); // direct_8x8_inference_flag
         b.bit(false); // frame_cropping_flag
+        if self.vui == Vui::Absent {
+            b.bit(false); // vui_parameters_present_flag
+            return b.finish();
+        }
         b.bit(true); // vui_parameters_present_flag
         b.bit(false); // aspect_ratio_info_present_flag
         b.bit(false); // overscan_info_present_flag
-        b.bit(true); // video_signal_type_present_flag
-        b.u(3, 5); // video_format: unspecified
-        b.bit(false); // video_full_range_flag
-        b.bit(true); // colour_description_present_flag
-        b.u(8, 1); // colour_primaries BT.709
-        b.u(8, 1); // transfer_characteristics BT.709
-        b.u(8, 1); // matrix_coefficients BT.709
+        if self.vui == Vui::NoColour {
+            b.bit(false); // video_signal_type_present_flag
+        } else {
+            b.bit(true); // video_signal_type_present_flag
+            b.u(3, 5); // video_format: unspecified
+            b.bit(self.vui == Vui::Full); // video_full_range_flag
+            b.bit(true); // colour_description_present_flag
+            b.u(8, 1); // colour_primaries BT.709
+            b.u(8, 1); // transfer_characteristics BT.709
+            b.u(8, 1); // matrix_coefficients BT.709
+        }
         b.bit(false); // chroma_loc_info_present_flag
-        b.bit(false); // timing_info_present_flag
+        b.bit(true); // timing_info_present_flag, as x264 writes it
+        b.u(32, 1); // num_units_in_tick
+        b.u(32, 60); // time_scale
+        b.bit(false); // fixed_frame_rate_flag
         b.bit(false); // nal_hrd_parameters_present_flag
         b.bit(false); // vcl_hrd_parameters_present_flag
         b.bit(false); // pic_struct_present_flag
