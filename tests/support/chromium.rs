@@ -370,6 +370,33 @@ impl Chromium {
         std::array::from_fn(|i| a[i].as_u64().unwrap() as u8)
     }
 
+    /// Waits, polling inside the page every few milliseconds, until the `#screen` pixel at
+    /// (`x`, `y`) is `rgb` within `tolerance` per channel. Returns how long that took, or None
+    /// after `within`.
+    pub fn wait_pixel(
+        &mut self,
+        x: u32,
+        y: u32,
+        rgb: [u8; 3],
+        tolerance: u8,
+        within: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        let js = format!(
+            "new Promise((resolve) => {{ \
+               const c = document.getElementById('screen').getContext('2d'); \
+               const want = {rgb:?}; const t0 = performance.now(); \
+               const check = () => {{ \
+                 const d = c.getImageData({x}, {y}, 1, 1).data; \
+                 if ([0, 1, 2].every((i) => Math.abs(d[i] - want[i]) <= {tolerance})) resolve(true); \
+                 else if (performance.now() - t0 > {ms}) resolve(false); \
+                 else setTimeout(check, 2); }}; \
+               check(); }})",
+            ms = within.as_millis()
+        );
+        (self.eval(&js) == Value::Bool(true)).then(|| started.elapsed())
+    }
+
     /// The page (CSS) position of the centre of desktop pixel (`x`, `y`), through the
     /// canvas's on-page box: the canvas may be shown scaled. Chromium delivers input events
     /// at whole CSS pixels, so on a canvas scaled down by `s` only every `1/s`-th desktop

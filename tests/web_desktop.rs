@@ -1,0 +1,240 @@
+//! The whole path in a real browser: headless Chromium loads the page from the gateway binary,
+//! the gateway is the RDP client of a real server (FreeRDP 3's shadow server on Xvfb, which
+//! sends H.264 High profile, or the embedded demo desktop), and the test looks at what the
+//! user sees: the screen canvas's pixels and the status line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+#[path = "support/chromium.rs"]
+mod chromium;
+#[path = "support/freerdp.rs"]
+mod freerdp;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chromium::Chromium;
+use freerdp::ShadowServer;
+use support::{Gateway, BIN};
+
+/// One browser and one RDP server at a time: on a 2-core machine, two of each would make the
+/// latency figures meaningless.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per channel, for pictures that went through H.264.
+const TOL: u8 = 12;
+
+/// A gateway with the shadow server as target `shadow`, and as `shadow-wrong` with a wrong
+/// password. Passwords reach the gateway through its own environment only.
+fn gateway_for(server: &ShadowServer) -> (Gateway, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "rdpwire-web-{}-{}",
+        std::process::id(),
+        server.port
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    let mut toml = String::new();
+    for (name, env) in [
+        ("shadow", "WEB_SHADOW_PW"),
+        ("shadow-wrong", "WEB_WRONG_PW"),
+    ] {
+        toml.push_str(&format!(
+            "[targets.{name}]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\n\
+             password_env = \"{env}\"\ntls = \"insecure\"\n",
+            server.port,
+            freerdp::USER
+        ));
+    }
+    std::fs::write(&file, toml).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.env("WEB_SHADOW_PW", freerdp::PASSWORD)
+        .env("WEB_WRONG_PW", "not-the-password");
+    let gw = Gateway::start_with(cmd, &["--cores", "1", "--config", file.to_str().unwrap()]);
+    (gw, dir)
+}
+
+fn hex(rgb: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2])
+}
+
+#[test]
+fn shadow_server_picture_and_its_changes_show_on_the_canvas() {
+    let _turn = serial();
+    let (w, h) = chromium::VIEWPORT;
+    let server = ShadowServer::start(w, h);
+    let first = [0x33, 0x66, 0xcc];
+    server.paint(&hex(first));
+    let (gw, _dir) = gateway_for(&server);
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/?target=shadow", gw.addr));
+    b.wait_for(
+        "rdpwire.stats().state === 'connected' && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    let s = b.stats();
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(u64::from(w)), Some(u64::from(h))),
+        "{s}"
+    );
+
+    // The server's picture, decoded by the browser, on the canvas.
+    let (cx, cy) = (w / 2, h / 2);
+    if b.wait_pixel(cx, cy, first, TOL, Duration::from_secs(5))
+        .is_none()
+    {
+        panic!(
+            "the canvas never showed {first:?} at ({cx}, {cy}): {:?}\n{}\nshadow server log:\n{}",
+            b.pixel(cx, cy),
+            b.describe_page(),
+            server.log_text()
+        );
+    }
+    for (x, y) in [(2, 2), (w - 3, h - 3), (w / 4, h * 3 / 4)] {
+        let p = b.pixel(x, y);
+        assert!(
+            (0..3).all(|i| p[i].abs_diff(first[i]) <= TOL),
+            "({x}, {y}) is {p:?}"
+        );
+    }
+    // Real servers send High profile; the page derived its codec string from the SPS.
+    let codecs = b.stats()["codecs"].clone();
+    assert!(
+        codecs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("avc1.64")),
+        "codecs {codecs}"
+    );
+
+    // Each change of the server's screen is on the canvas within 500 ms.
+    let mut took = Vec::new();
+    for colour in [[0xcc, 0x33, 0x33], [0x22, 0xaa, 0x44], [0xee, 0xee, 0xee]] {
+        let t = Instant::now();
+        server.paint(&hex(colour));
+        let seen = b.wait_pixel(cx, cy, colour, TOL, Duration::from_secs(3));
+        let Some(_) = seen else {
+            panic!(
+                "{colour:?} never showed: {:?}\n{}",
+                b.pixel(cx, cy),
+                b.describe_page()
+            );
+        };
+        took.push(t.elapsed());
+    }
+    println!("colour change → canvas: {took:?}");
+    for t in &took {
+        assert!(*t < Duration::from_millis(500), "{took:?}");
+    }
+    let s = b.stats();
+    assert_eq!(s["decodeErrors"], 0, "{s}");
+    assert_eq!(s["state"], "connected", "{s}");
+
+    // The pointer: a move in the page moves the X pointer of the server's display.
+    b.mouse_move(300, 200);
+    let display = format!(":{}", server.display);
+    let located = support::eventually(Duration::from_secs(3), || {
+        let out = Command::new("xdotool")
+            .env("DISPLAY", &display)
+            .arg("getmouselocation")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).starts_with("x:300 y:200 ")
+    });
+    assert!(located, "the server's pointer did not move to (300, 200)");
+}
+
+#[test]
+fn wrong_password_shows_its_reason_on_the_page() {
+    let _turn = serial();
+    let server = ShadowServer::start(800, 600);
+    let (gw, _dir) = gateway_for(&server);
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/?target=shadow-wrong", gw.addr));
+    b.wait_for(
+        "rdpwire.stats().state === 'disconnected'",
+        Duration::from_secs(20),
+    );
+    let shown = b.status_text();
+    assert!(
+        shown.starts_with("disconnected: authentication failed for user 'rdpuser'"),
+        "{shown}"
+    );
+    let reason = b.stats()["reason"].as_str().unwrap().to_owned();
+    assert_eq!(shown, format!("disconnected: {reason}"));
+}
+
+/// Pixels of the canvas area `[x, y, w, h]` that are near white.
+fn white_pixels(b: &mut Chromium, area: [u32; 4]) -> u64 {
+    let [x, y, w, h] = area;
+    b.eval(&format!(
+        "(() => {{ const d = document.getElementById('screen').getContext('2d')\
+             .getImageData({x}, {y}, {w}, {h}).data; let n = 0; \
+           for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200) n++; \
+           return n; }})()"
+    ))
+    .as_u64()
+    .unwrap()
+}
+
+#[test]
+fn demo_desktop_answers_clicks_and_typing_in_the_browser() {
+    let _turn = serial();
+    let gw = Gateway::start_demo(&["--cores", "1"]);
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/", gw.addr));
+    b.wait_for(
+        "rdpwire.stats().state === 'connected' && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    // The demo's flat red square.
+    let red = rdpwire::demo::painter::RED;
+    assert!(
+        b.wait_pixel(140, 140, red, TOL, Duration::from_secs(5))
+            .is_some(),
+        "no red square: {:?}\n{}",
+        b.pixel(140, 140),
+        b.describe_page()
+    );
+
+    // A click in the page drops the demo's marker where it landed.
+    let marker = rdpwire::demo::painter::MARKER;
+    let t = Instant::now();
+    b.click(600, 500);
+    let seen = b.wait_pixel(600, 500, marker, 40, Duration::from_secs(3));
+    assert!(
+        seen.is_some(),
+        "no marker at (600, 500): {:?}\n{}",
+        b.pixel(600, 500),
+        b.describe_page()
+    );
+    println!("click → marker on the canvas: {:?}", t.elapsed());
+
+    // Typing writes on the demo's text line (white glyphs, 16 px each).
+    let (tx, ty, scale) = rdpwire::demo::painter::TYPED_AT;
+    let line = [u32::from(tx), u32::from(ty), 16 * 3, 8 * u32::from(scale)];
+    let before = white_pixels(&mut b, line);
+    b.key("KeyW", "w", "w");
+    b.key("KeyM", "m", "m");
+    b.key("KeyH", "h", "h");
+    let typed = support::eventually(Duration::from_secs(3), || {
+        white_pixels(&mut b, line) > before + 30
+    });
+    assert!(
+        typed,
+        "typing did not show: {before} white pixels before\n{}",
+        b.describe_page()
+    );
+    let s = b.stats();
+    assert_eq!(s["decodeErrors"], 0, "{s}");
+    assert!(s["rttMs"].is_number() || s["rttMs"].is_null());
+}
