@@ -47,6 +47,7 @@ pub mod types {
     pub const WHEEL: u8 = 0x86;
     pub const KEY: u8 = 0x87;
     pub const UNICODE: u8 = 0x88;
+    pub const RESIZE: u8 = 0x89;
 }
 
 /// Session states shown on the page.
@@ -174,6 +175,11 @@ pub enum FromBrowser {
         queue_depth: u16,
     },
     Input(InputEvent),
+    /// The page's window changed size.
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -543,6 +549,10 @@ impl FromBrowser {
                 v.extend_from_slice(&frames_decoded.to_le_bytes());
                 v.extend_from_slice(&queue_depth.to_le_bytes());
             }
+            FromBrowser::Resize { width, height } => {
+                v.push(RESIZE);
+                u16s(&mut v, &[*width, *height]);
+            }
             FromBrowser::Input(e) => match *e {
                 InputEvent::MouseMove { x, y } => {
                     v.push(MOUSE_MOVE);
@@ -643,6 +653,10 @@ impl FromBrowser {
                 code_unit: r.u16()?,
                 down: r.flag("down")?,
             }),
+            RESIZE => FromBrowser::Resize {
+                width: r.desktop_dim("width")?,
+                height: r.desktop_dim("height")?,
+            },
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.end()?;
@@ -918,6 +932,10 @@ mod tests {
                 code_unit: 0x20ac,
                 down: true,
             }),
+            FromBrowser::Resize {
+                width: 1600,
+                height: 900,
+            },
         ];
         for m in msgs {
             assert_eq!(FromBrowser::decode(&m.encode()).unwrap(), m);

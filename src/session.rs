@@ -47,6 +47,11 @@ pub enum Action {
         height: u16,
     },
     Input(InputEvent),
+    /// Ask the server for a new desktop size (where it supports display control).
+    Resize {
+        width: u16,
+        height: u16,
+    },
     /// Tell the server the page has applied `frame_id`; `queue_depth` frames are still pending.
     AckFrame {
         frame_id: u32,
@@ -199,6 +204,12 @@ impl Session {
                     frame_id,
                     queue_depth: pending,
                 });
+                Ok(())
+            }
+            FromBrowser::Resize { width, height } => {
+                if self.phase == Phase::Active {
+                    self.actions.push_back(Action::Resize { width, height });
+                }
                 Ok(())
             }
             FromBrowser::Input(e) => {

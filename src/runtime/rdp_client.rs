@@ -161,6 +161,14 @@ impl RdpClient {
         self.flush().await
     }
 
+    /// Asks for a new desktop size; `Ok(false)` when the server cannot resize (no display
+    /// control channel), and the page scales instead.
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<bool, RdpError> {
+        let asked = self.session.resize(width, height, &mut self.out)?;
+        self.flush().await?;
+        Ok(asked)
+    }
+
     /// Asks the server to end the session; keep reading events until `Disconnected`.
     pub async fn shutdown(&mut self) -> Result<(), RdpError> {
         self.session.shutdown(&mut self.out)?;

@@ -275,6 +275,20 @@ async fn run_actions(
                 Some(c) => c.send_input(&[e]).await,
                 None => Ok(()),
             },
+            Action::Resize { width, height } => match rdp.as_mut() {
+                Some(c) => match c.resize(width, height).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        info!(
+                            session = id,
+                            width, height, "server cannot resize; the page scales"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Ok(()),
+            },
             Action::AckFrame {
                 frame_id,
                 queue_depth,
