@@ -371,7 +371,7 @@ fn a_1080p_session_costs_the_gateway_no_framebuffer() {
     println!(
         "1080p: {frames} frames, {bytes} bytes forwarded, gateway anonymous RSS idle {idle} peak {peak} (+{above})"
     );
-    assert!(frames >= 10, "only {frames} frames in 4 s");
+    assert!(frames >= 4, "only {frames} frames in 4 s");
     // A 1920×1080 RGBA framebuffer alone would be 7.9 MiB.
     assert!(
         above < 8 << 20,
