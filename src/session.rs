@@ -4,7 +4,8 @@
 //! Two bounds keep a session's memory fixed whatever its peers do:
 //! - every outbound control message is encoded into a frame chunk of the session's arena share;
 //!   when the share is used up the session asks for no more input (`wants_input`);
-//! - at most [`MAX_FRAMES_IN_FLIGHT`] frames may be on their way to the page without a
+//! - at most [`MAX_FRAMES_IN_FLIGHT`] frames, and no more bytes than the session's frame-chunk
+//!   share holds (plus the frame that crossed it), may be on their way to the page without a
 //!   FrameDecoded answer; beyond that the session takes no more RDP events (`wants_rdp`), so
 //!   the RDP socket fills and TCP holds the server back, and the server — which gets a frame
 //!   acknowledgement only when the page has applied the frame — slows down by itself.
@@ -99,8 +100,12 @@ pub struct Session {
     phase: Phase,
     out: VecDeque<Outbound>,
     actions: VecDeque<Action>,
-    /// EndFrame ids sent to the page, oldest first.
-    frames_in_flight: VecDeque<u32>,
+    /// EndFrame ids sent to the page with the bytes of each frame, oldest first.
+    frames_in_flight: VecDeque<(u32, usize)>,
+    /// Bytes of graphics sent since the last EndFrame.
+    frame_bytes: usize,
+    /// Bytes of the frames in `frames_in_flight`.
+    bytes_in_flight: usize,
 }
 
 impl Session {
@@ -117,6 +122,8 @@ impl Session {
             out: VecDeque::new(),
             actions: VecDeque::new(),
             frames_in_flight: VecDeque::new(),
+            frame_bytes: 0,
+            bytes_in_flight: 0,
         };
         let hello = ToBrowser::ServerHello {
             session_id: id,
@@ -154,7 +161,17 @@ impl Session {
     pub fn wants_rdp(&self) -> bool {
         matches!(self.phase, Phase::Connecting | Phase::Active)
             && self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
+            && self.bytes_in_flight < self.bytes_budget()
             && self.wants_input()
+    }
+
+    /// Graphics bytes that may be unanswered by the page: the session's frame-chunk share.
+    pub fn bytes_budget(&self) -> usize {
+        self.share.quota(arena::Pool::FrameChunk) * self.share_chunk_size()
+    }
+
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes_in_flight
     }
 
     pub fn frames_in_flight(&self) -> usize {
@@ -192,13 +209,18 @@ impl Session {
                 queue_depth,
                 ..
             } => {
-                let Some(pos) = self.frames_in_flight.iter().position(|&f| f == frame_id) else {
+                let Some(pos) = self
+                    .frames_in_flight
+                    .iter()
+                    .position(|&(f, _)| f == frame_id)
+                else {
                     return Err(out_of_order(format!(
                         "FrameDecoded for frame {frame_id}, which is not on its way to the page"
                     )));
                 };
                 // Frames are applied in order; an answer for a later frame covers earlier ones.
-                self.frames_in_flight.drain(..=pos);
+                let answered: usize = self.frames_in_flight.drain(..=pos).map(|(_, b)| b).sum();
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(answered);
                 let pending = u32::from(queue_depth) + self.frames_in_flight.len() as u32;
                 self.actions.push_back(Action::AckFrame {
                     frame_id,
@@ -245,6 +267,8 @@ impl Session {
                 self.phase = Phase::Active;
                 // A reactivated server starts its frame numbering over.
                 self.frames_in_flight.clear();
+                self.bytes_in_flight = 0;
+                self.frame_bytes = 0;
                 let _ = self.queue(&ToBrowser::DesktopSize {
                     width: *width,
                     height: *height,
@@ -304,7 +328,9 @@ impl Session {
                 frame_id: *frame_id,
             },
             GfxEvent::EndFrame { frame_id } => {
-                self.frames_in_flight.push_back(*frame_id);
+                let bytes = std::mem::take(&mut self.frame_bytes);
+                self.frames_in_flight.push_back((*frame_id, bytes));
+                self.bytes_in_flight += bytes;
                 ToBrowser::EndFrame {
                     frame_id: *frame_id,
                 }
@@ -403,6 +429,7 @@ impl Session {
     /// Graphics messages: pooled when they fit a chunk, else written out once in full.
     fn push_large(&mut self, msg: &ToBrowser<'_>) {
         let len = msg.encoded_len();
+        self.frame_bytes += len;
         if len <= self.share_chunk_size() {
             if let Some(mut slot) = self.share.alloc::<FrameChunk>() {
                 if let Ok(len) = msg.encode(&mut slot) {
@@ -556,6 +583,37 @@ mod tests {
         };
         let e = s.handle_binary(&bogus.encode()).unwrap_err();
         assert!(e.to_string().contains("frame 99"), "{e}");
+    }
+
+    #[test]
+    fn bytes_in_flight_are_bounded_by_the_share() {
+        let a = arena(4); // 4 chunks × 256 B = 1 KiB of graphics in flight at most
+        let mut s = active(&a);
+        assert_eq!(s.bytes_budget(), 1024);
+        let big = crate::rdp::egfx::Rect {
+            left: 0,
+            top: 0,
+            right: 16,
+            bottom: 16,
+        };
+        let fill = GfxEvent::SolidFill {
+            surface: 1,
+            color: [0, 0, 0, 255],
+            rects: vec![big; 200],
+        };
+        s.on_rdp_event(&RdpEvent::Graphics(fill));
+        s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 1 }));
+        drain(&mut s);
+        assert!(s.bytes_in_flight() > 1024);
+        assert!(!s.wants_rdp(), "one frame over the budget stops the stream");
+        let decoded = FromBrowser::FrameDecoded {
+            frame_id: 1,
+            frames_decoded: 1,
+            queue_depth: 0,
+        };
+        s.handle_binary(&decoded.encode()).unwrap();
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert!(s.wants_rdp());
     }
 
     #[test]
