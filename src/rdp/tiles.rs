@@ -445,10 +445,7 @@ impl TileDecoder {
         let mut overrun = false;
         alpha::decode(job.data, job.width, job.height, |first, run| {
             let len = run.len();
-            match (
-                plane.get_mut(first..first.saturating_add(len)),
-                run,
-            ) {
+            match (plane.get_mut(first..first.saturating_add(len)), run) {
                 (Some(dst), AlphaRun::Values(v)) => dst.copy_from_slice(v),
                 (Some(dst), AlphaRun::Fill { value, .. }) => dst.fill(value),
                 (None, _) => overrun = true,
@@ -485,7 +482,9 @@ impl TileDecoder {
                 for y in y0..y0 + h {
                     let first = usize::from(y) * stride + usize::from(x0);
                     if !src.append_row(first, usize::from(w), &mut self.tile) {
-                        return Err(job.malformed("the decoded bitmap is shorter than its rectangle"));
+                        return Err(
+                            job.malformed("the decoded bitmap is shorter than its rectangle")
+                        );
                     }
                 }
                 out(Tile {
@@ -532,9 +531,10 @@ impl Source<'_> {
                 let Some(row) = data.get(span(4)) else {
                     return false;
                 };
-                dst.extend(row.chunks_exact(4).flat_map(|p| {
-                    [p[2], p[1], p[0], if alpha { p[3] } else { 0xff }]
-                }));
+                dst.extend(
+                    row.chunks_exact(4)
+                        .flat_map(|p| [p[2], p[1], p[0], if alpha { p[3] } else { 0xff }]),
+                );
             }
             Source::Rgb { data, alpha } => {
                 let Some(row) = data.get(span(3)) else {
@@ -743,7 +743,10 @@ mod tests {
                 }
             }
         })?;
-        assert!(covered.iter().all(|&c| c == 1), "tiles overlap or leave gaps");
+        assert!(
+            covered.iter().all(|&c| c == 1),
+            "tiles overlap or leave gaps"
+        );
         Ok((canvas, n))
     }
 
@@ -774,8 +777,8 @@ mod tests {
             usize::from(ALPHA_TILE_WIDTH) * usize::from(ALPHA_TILE_HEIGHT),
             MAX_TILE_BYTES
         );
-        assert!(MAX_TILE_BYTES + 16 <= 16 << 10);
-        assert!(CLEARCODEC_STATE_CEILING > 24 << 20 && CLEARCODEC_STATE_CEILING < 27 << 20);
+        const { assert!(MAX_TILE_BYTES + 16 <= 16 << 10) };
+        const { assert!(CLEARCODEC_STATE_CEILING > 24 << 20 && CLEARCODEC_STATE_CEILING < 27 << 20) };
     }
 
     #[test]
@@ -832,7 +835,12 @@ mod tests {
             for format in [SurfaceFormat::XRgb, SurfaceFormat::ARgb] {
                 let (got, n) = reassemble(
                     &mut TileDecoder::new(),
-                    &update(codec::PLANAR, rect(3, 4, w as u16, h as u16), format, &stream),
+                    &update(
+                        codec::PLANAR,
+                        rect(3, 4, w as u16, h as u16),
+                        format,
+                        &stream,
+                    ),
                 )
                 .unwrap();
                 assert_eq!(n, 4);
@@ -862,13 +870,17 @@ mod tests {
             let stream = planar_with_alpha(&rgba, w, h, rle);
             let r = rect(0, 0, w as u16, h as u16);
             let mut dec = TileDecoder::new();
-            let (got, _) =
-                reassemble(&mut dec, &update(codec::PLANAR, r, SurfaceFormat::ARgb, &stream))
-                    .unwrap();
+            let (got, _) = reassemble(
+                &mut dec,
+                &update(codec::PLANAR, r, SurfaceFormat::ARgb, &stream),
+            )
+            .unwrap();
             assert_eq!(got, rgba, "rle {rle}");
-            let (got, _) =
-                reassemble(&mut dec, &update(codec::PLANAR, r, SurfaceFormat::XRgb, &stream))
-                    .unwrap();
+            let (got, _) = reassemble(
+                &mut dec,
+                &update(codec::PLANAR, r, SurfaceFormat::XRgb, &stream),
+            )
+            .unwrap();
             assert_eq!(got, opaque(&rgba), "rle {rle}");
         }
     }
@@ -882,9 +894,11 @@ mod tests {
         assert!(!dec.has_clearcodec_state());
         let r = rect(5, 6, w as u16, h as u16);
         let stream = enc.encode(&to_bgra(&rgba), w as u16, h as u16);
-        let (got, n) =
-            reassemble(&mut dec, &update(codec::CLEARCODEC, r, SurfaceFormat::XRgb, &stream))
-                .unwrap();
+        let (got, n) = reassemble(
+            &mut dec,
+            &update(codec::CLEARCODEC, r, SurfaceFormat::XRgb, &stream),
+        )
+        .unwrap();
         assert_eq!(n, 3);
         assert_eq!(got, rgba);
         assert!(dec.has_clearcodec_state());
@@ -896,12 +910,17 @@ mod tests {
         let first = enc.encode(&to_bgra(&glyph), 16, 20);
         let hit = enc.encode(&to_bgra(&glyph), 16, 20);
         assert!(hit.len() < 8, "the encoder sent a glyph hit");
-        let (got, _) =
-            reassemble(&mut dec, &update(codec::CLEARCODEC, g, SurfaceFormat::ARgb, &first))
-                .unwrap();
+        let (got, _) = reassemble(
+            &mut dec,
+            &update(codec::CLEARCODEC, g, SurfaceFormat::ARgb, &first),
+        )
+        .unwrap();
         assert_eq!(got, glyph);
-        let (got, _) =
-            reassemble(&mut dec, &update(codec::CLEARCODEC, g, SurfaceFormat::ARgb, &hit)).unwrap();
+        let (got, _) = reassemble(
+            &mut dec,
+            &update(codec::CLEARCODEC, g, SurfaceFormat::ARgb, &hit),
+        )
+        .unwrap();
         assert_eq!(got, glyph);
         // A decoder without that state refuses the hit.
         let err = TileDecoder::new()
@@ -910,7 +929,16 @@ mod tests {
                 |_| panic!("no tile"),
             )
             .unwrap_err();
-        assert!(matches!(err, TileError::Malformed { codec: "ClearCodec", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                TileError::Malformed {
+                    codec: "ClearCodec",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     fn alpha_rle(values: &[(u8, u32)]) -> Vec<u8> {
@@ -939,8 +967,11 @@ mod tests {
         let mut raw = vec![0x4c, 0x41, 0, 0];
         raw.extend_from_slice(&plane);
         let mut dec = TileDecoder::new();
-        let (got, n) =
-            reassemble(&mut dec, &update(codec::ALPHA, r, SurfaceFormat::ARgb, &raw)).unwrap();
+        let (got, n) = reassemble(
+            &mut dec,
+            &update(codec::ALPHA, r, SurfaceFormat::ARgb, &raw),
+        )
+        .unwrap();
         assert_eq!(n, 6);
         assert_eq!(got, plane);
         // RLE: runs of all three length encodings.
@@ -961,7 +992,11 @@ mod tests {
                 |_| panic!("no tile"),
             )
             .unwrap_err();
-        assert!(err.to_string().starts_with("the alpha update of 300×130 pixels for surface 7 is malformed"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the alpha update of 300×130 pixels for surface 7 is malformed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -974,9 +1009,10 @@ mod tests {
             bottom: 1024,
         };
         let err = dec
-            .decode(&update(codec::CLEARCODEC, r, SurfaceFormat::XRgb, &[0, 0]), |_| {
-                panic!("no tile")
-            })
+            .decode(
+                &update(codec::CLEARCODEC, r, SurfaceFormat::XRgb, &[0, 0]),
+                |_| panic!("no tile"),
+            )
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -988,7 +1024,10 @@ mod tests {
         let full = vec![0u8; 1024 * 1024 * 4];
         let r = rect(0, 0, 1024, 1024);
         let n = dec
-            .decode(&update(codec::UNCOMPRESSED, r, SurfaceFormat::XRgb, &full), |_| {})
+            .decode(
+                &update(codec::UNCOMPRESSED, r, SurfaceFormat::XRgb, &full),
+                |_| {},
+            )
             .unwrap();
         assert_eq!(n, 16 * 17);
     }
@@ -1005,16 +1044,24 @@ mod tests {
             data: &[1, 2, 3],
         };
         let err = dec.decode(&progressive, |_| panic!("no tile")).unwrap_err();
-        assert!(matches!(err, TileError::Unsupported { codec_id: 9, surface: 2, .. }));
+        assert!(matches!(
+            err,
+            TileError::Unsupported {
+                codec_id: 9,
+                surface: 2,
+                ..
+            }
+        ));
         assert!(err.to_string().starts_with(
             "the server sent a RemoteFX progressive update (codec 0x9) for surface 2, which the \
              gateway does not decode"
         ));
         for id in [codec::REMOTEFX, codec::AVC444, codec::AVC444V2, 0x55] {
             let err = dec
-                .decode(&update(id, rect(0, 0, 4, 4), SurfaceFormat::XRgb, &[0; 64]), |_| {
-                    panic!("no tile")
-                })
+                .decode(
+                    &update(id, rect(0, 0, 4, 4), SurfaceFormat::XRgb, &[0; 64]),
+                    |_| panic!("no tile"),
+                )
                 .unwrap_err();
             assert!(matches!(err, TileError::Unsupported { .. }), "{err}");
         }
@@ -1025,9 +1072,10 @@ mod tests {
             bottom: 4,
         };
         let err = dec
-            .decode(&update(codec::PLANAR, inverted, SurfaceFormat::XRgb, &[0; 8]), |_| {
-                panic!("no tile")
-            })
+            .decode(
+                &update(codec::PLANAR, inverted, SurfaceFormat::XRgb, &[0; 8]),
+                |_| panic!("no tile"),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("ends before it starts"), "{err}");
     }
@@ -1036,9 +1084,15 @@ mod tests {
     fn empty_rect_makes_no_tiles() {
         let mut dec = TileDecoder::new();
         let n = dec
-            .decode(&update(codec::UNCOMPRESSED, rect(5, 5, 0, 9), SurfaceFormat::XRgb, &[]), |_| {
-                panic!("no tile")
-            })
+            .decode(
+                &update(
+                    codec::UNCOMPRESSED,
+                    rect(5, 5, 0, 9),
+                    SurfaceFormat::XRgb,
+                    &[],
+                ),
+                |_| panic!("no tile"),
+            )
             .unwrap();
         assert_eq!(n, 0);
     }
