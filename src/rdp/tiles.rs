@@ -22,14 +22,17 @@
 //!
 //! # Bounds
 //! Memory per session is fixed, and IronRDP's codec decoders allocate the whole destination
-//! rectangle at once (ClearCodec: 4 bytes per pixel; planar: 3 bytes per pixel for the picture
-//! plus as much again for the decompressed planes). An update whose rectangle holds more than
+//! rectangle at once: ClearCodec 4 bytes per pixel, plus up to 8 more while an NSCodec region
+//! inside it is decoded; planar 3 bytes per pixel for the picture and 3 for the decompressed
+//! planes (1 more here for an alpha plane). An update whose rectangle holds more than
 //! [`MAX_UPDATE_PIXELS`] pixels (1024 × 1024) is therefore refused with
 //! [`TileError::TooLarge`] before anything is decoded, and the session ends with that reason.
-//! At the limit an update costs at most about 7 MiB transiently while it is decoded (planar with
-//! an alpha plane; ClearCodec 4 MiB, uncompressed nothing beyond the server's bytes), and its
-//! tiles, 4 MiB, wait in the session's output queue — in pool chunks as far as the share
-//! allows, on the heap beyond that — until the browser has taken them.
+//! At the limit, decoding one update takes at most 12 MiB for a moment (ClearCodec with an
+//! NSCodec region as large as the update; planar 7 MiB; uncompressed nothing beyond the
+//! server's bytes, its tiles are converted straight from them). Its tiles, 4 MiB at the limit,
+//! are queued while the decoded picture is still held (so 8 MiB for ClearCodec), and then wait
+//! in the session's output queue — in pool chunks as far as the share allows, on the heap
+//! beyond that — until the browser has taken them.
 //!
 //! Besides that, the ClearCodec decoder keeps the caches the protocol makes the server entitled
 //! to: 4,000 glyphs of up to 1,024 pixels, 32,768 V-bars and 16,384 short V-bars of up to 52
@@ -39,10 +42,12 @@
 //!
 //! # Not decoded
 //! RemoteFX (`WireToSurface1` codec 0x3) and RemoteFX progressive (`WireToSurface2`, which
-//! carries a codec context instead of a rectangle) are refused with [`TileError::Unsupported`]:
-//! their decoders keep per-tile DWT state and quantization contexts that would add megabytes per
-//! session, and servers do not send them to this client, which advertises only the AVC420
-//! capability sets (8.1 with AVC420, and 8). AVC444 is not advertised either.
+//! carries a codec context instead of a rectangle) are refused with [`TileError::Unsupported`].
+//! Servers do not send them to this client, which advertises only the AVC420 capability sets
+//! (8.1 with AVC420, and 8), and progressive could not be decoded within a fixed budget anyway:
+//! it refines tiles over several updates, so its decoder keeps every tile's coefficients for the
+//! whole surface (IronRDP: about 37 KB per 64 × 64 tile, some 19 MB for a 1080p surface) — a
+//! framebuffer by another name. AVC444 is not advertised either; a browser cannot show it.
 //!
 //! Malformed data is an error, never a panic, and no tile of a refused update is handed out.
 
@@ -189,8 +194,20 @@ pub enum TileError {
         why: String,
     },
     #[error(
-        "the server sent a {codec} update (codec 0x{codec_id:x}) for surface {surface}, which \
-         the gateway does not decode: {why}"
+        "the {codec} update for surface {surface} has the rectangle ({left}, {top})–({right}, \
+         {bottom}), which ends before it starts"
+    )]
+    InvertedRect {
+        codec: &'static str,
+        surface: u16,
+        left: u16,
+        top: u16,
+        right: u16,
+        bottom: u16,
+    },
+    #[error(
+        "surface {surface} got an update in a codec the gateway does not decode, {codec} \
+         (0x{codec_id:x}): {why}"
     )]
     Unsupported {
         codec: &'static str,
@@ -298,6 +315,11 @@ impl TileDecoder {
                     "RemoteFX is not decoded, and this client advertises only AVC420",
                 ))
             }
+            codec::AVC420 => {
+                return Err(unsupported(
+                    "AVC420 is forwarded to the browser as it is, never decoded here",
+                ))
+            }
             codec::AVC444 | codec::AVC444V2 => {
                 return Err(unsupported(
                     "AVC444 cannot be shown by a browser, and this client advertises only AVC420",
@@ -309,15 +331,13 @@ impl TileDecoder {
             rect.right.checked_sub(rect.left),
             rect.bottom.checked_sub(rect.top),
         ) else {
-            return Err(TileError::Malformed {
+            return Err(TileError::InvertedRect {
                 codec,
                 surface: u.surface,
-                width: 0,
-                height: 0,
-                why: format!(
-                    "the rectangle ({}, {})–({}, {}) ends before it starts",
-                    rect.left, rect.top, rect.right, rect.bottom
-                ),
+                left: rect.left,
+                top: rect.top,
+                right: rect.right,
+                bottom: rect.bottom,
             });
         };
         if u32::from(width) * u32::from(height) > self.max_pixels {
@@ -424,7 +444,7 @@ impl TileDecoder {
         });
         let bgra = clear
             .decode(job.data, job.width, job.height)
-            .map_err(|e| job.malformed(e.to_string()))?;
+            .map_err(|e| job.malformed(describe_decode(&e)))?;
         if bgra.len() != job.pixels() * 4 {
             return Err(job.malformed(format!(
                 "decoded to {} bytes, {} expected",
@@ -575,6 +595,16 @@ fn describe_planar(e: &ironrdp_graphics::rdp6::BitmapDecodeError) -> String {
     }
 }
 
+/// IronRDP's decode error without a leading `[path::to::fn::{{closure}}]` context, which
+/// means nothing to the person reading the reason (a structure name is kept).
+fn describe_decode(e: &ironrdp_core::DecodeError) -> String {
+    let text = e.to_string();
+    text.strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+        .filter(|(context, _)| context.contains("::"))
+        .map_or_else(|| text.clone(), |(_, msg)| msg.to_owned())
+}
+
 enum PlanarAlpha<'a> {
     /// The stream's raw alpha plane.
     Raw(&'a [u8]),
@@ -585,7 +615,7 @@ enum PlanarAlpha<'a> {
 /// The alpha plane of a planar stream that has one (`None` when the stream says "no alpha",
 /// i.e. opaque). Called after IronRDP has accepted the stream, so the plane is there.
 fn planar_alpha(data: &[u8], w: usize, h: usize) -> Result<Option<PlanarAlpha<'_>>, String> {
-    let stream = ironrdp_core::decode::<BitmapStream<'_>>(data).map_err(|e| e.to_string())?;
+    let stream = ironrdp_core::decode::<BitmapStream<'_>>(data).map_err(|e| describe_decode(&e))?;
     if !stream.header.use_alpha {
         return Ok(None);
     }
@@ -929,15 +959,10 @@ mod tests {
                 |_| panic!("no tile"),
             )
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TileError::Malformed {
-                    codec: "ClearCodec",
-                    ..
-                }
-            ),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "the ClearCodec update of 16×20 pixels for surface 7 is malformed: invalid \
+             `glyphIndex`: glyph cache miss on hit"
         );
     }
 
@@ -1052,11 +1077,19 @@ mod tests {
                 ..
             }
         ));
-        assert!(err.to_string().starts_with(
-            "the server sent a RemoteFX progressive update (codec 0x9) for surface 2, which the \
-             gateway does not decode"
-        ));
-        for id in [codec::REMOTEFX, codec::AVC444, codec::AVC444V2, 0x55] {
+        assert_eq!(
+            err.to_string(),
+            "surface 2 got an update in a codec the gateway does not decode, RemoteFX \
+             progressive (0x9): progressive updates (WireToSurface2) are not decoded, and this \
+             client advertises only AVC420"
+        );
+        for id in [
+            codec::REMOTEFX,
+            codec::AVC420,
+            codec::AVC444,
+            codec::AVC444V2,
+            0x55,
+        ] {
             let err = dec
                 .decode(
                     &update(id, rect(0, 0, 4, 4), SurfaceFormat::XRgb, &[0; 64]),
@@ -1077,7 +1110,11 @@ mod tests {
                 |_| panic!("no tile"),
             )
             .unwrap_err();
-        assert!(err.to_string().contains("ends before it starts"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the planar update for surface 7 has the rectangle (10, 0)–(5, 4), which ends \
+             before it starts"
+        );
     }
 
     #[test]
