@@ -39,6 +39,8 @@ pub mod types {
     pub const CACHE_TO_SURFACE: u8 = 0x1a;
     pub const EVICT_CACHE: u8 = 0x1b;
     pub const POINTER: u8 = 0x1c;
+    pub const TILE: u8 = 0x1d;
+    pub const TILE_ALPHA: u8 = 0x1e;
     pub const PING: u8 = 0x81;
     pub const CLIENT_HELLO: u8 = 0x82;
     pub const FRAME_DECODED: u8 = 0x83;
@@ -47,6 +49,7 @@ pub mod types {
     pub const WHEEL: u8 = 0x86;
     pub const KEY: u8 = 0x87;
     pub const UNICODE: u8 = 0x88;
+    pub const RESIZE: u8 = 0x89;
 }
 
 /// Session states shown on the page.
@@ -153,6 +156,20 @@ pub enum ToBrowser<'a> {
         slot: u16,
     },
     Pointer(Pointer<'a>),
+    /// Pixels decoded by the gateway (codecs other than H.264): `rgba` is `width × height × 4`
+    /// bytes of non-premultiplied RGBA, row by row, for `rect`.
+    Tile {
+        surface: u16,
+        rect: Rect,
+        rgba: Cow<'a, [u8]>,
+    },
+    /// New alpha for pixels already on the surface (the alpha codec): `alpha` is
+    /// `width × height` bytes, row by row, for `rect`.
+    TileAlpha {
+        surface: u16,
+        rect: Rect,
+        alpha: Cow<'a, [u8]>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +191,11 @@ pub enum FromBrowser {
         queue_depth: u16,
     },
     Input(InputEvent),
+    /// The page's window changed size.
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -263,6 +285,8 @@ impl ToBrowser<'_> {
             ToBrowser::CacheToSurface { .. } => CACHE_TO_SURFACE,
             ToBrowser::EvictCacheEntry { .. } => EVICT_CACHE,
             ToBrowser::Pointer(_) => POINTER,
+            ToBrowser::Tile { .. } => TILE,
+            ToBrowser::TileAlpha { .. } => TILE_ALPHA,
         }
     }
 
@@ -385,6 +409,20 @@ impl ToBrowser<'_> {
                     w.put(rgba);
                 }
             },
+            ToBrowser::Tile {
+                surface,
+                rect,
+                rgba: pixels,
+            }
+            | ToBrowser::TileAlpha {
+                surface,
+                rect,
+                alpha: pixels,
+            } => {
+                w.u16(*surface);
+                w.rect(rect);
+                w.put(pixels);
+            }
         }
         w.at
     }
@@ -503,6 +541,24 @@ impl ToBrowser<'_> {
                 },
                 v => return Err(r.field("kind", format!("{v} is not a pointer kind"))),
             }),
+            TILE => {
+                let surface = r.u16()?;
+                let rect = r.rect()?;
+                ToBrowser::Tile {
+                    surface,
+                    rect,
+                    rgba: Cow::Borrowed(r.pixels(&rect, 4, "rgba")?),
+                }
+            }
+            TILE_ALPHA => {
+                let surface = r.u16()?;
+                let rect = r.rect()?;
+                ToBrowser::TileAlpha {
+                    surface,
+                    rect,
+                    alpha: Cow::Borrowed(r.pixels(&rect, 1, "alpha")?),
+                }
+            }
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.end()?;
@@ -542,6 +598,10 @@ impl FromBrowser {
                 v.extend_from_slice(&frame_id.to_le_bytes());
                 v.extend_from_slice(&frames_decoded.to_le_bytes());
                 v.extend_from_slice(&queue_depth.to_le_bytes());
+            }
+            FromBrowser::Resize { width, height } => {
+                v.push(RESIZE);
+                u16s(&mut v, &[*width, *height]);
             }
             FromBrowser::Input(e) => match *e {
                 InputEvent::MouseMove { x, y } => {
@@ -643,6 +703,10 @@ impl FromBrowser {
                 code_unit: r.u16()?,
                 down: r.flag("down")?,
             }),
+            RESIZE => FromBrowser::Resize {
+                width: r.desktop_dim("width")?,
+                height: r.desktop_dim("height")?,
+            },
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.end()?;
@@ -738,6 +802,35 @@ impl<'a> Reader<'a> {
         let s = self.body.get(self.at..).unwrap_or(&[]);
         self.at = self.body.len();
         s
+    }
+    /// The rest of the message as pixels of `rect`, `bpp` bytes each: exactly that many bytes.
+    fn pixels(
+        &mut self,
+        rect: &Rect,
+        bpp: usize,
+        field: &'static str,
+    ) -> Result<&'a [u8], ProtocolError> {
+        let (Some(w), Some(h)) = (
+            rect.right.checked_sub(rect.left),
+            rect.bottom.checked_sub(rect.top),
+        ) else {
+            return Err(self.field(
+                "rect",
+                format!(
+                    "({}, {})–({}, {}) ends before it starts",
+                    rect.left, rect.top, rect.right, rect.bottom
+                ),
+            ));
+        };
+        let need = usize::from(w) * usize::from(h) * bpp;
+        let bytes = self.rest();
+        if bytes.len() != need {
+            return Err(self.field(
+                field,
+                format!("is {} bytes, a {w}×{h} tile needs {need}", bytes.len()),
+            ));
+        }
+        Ok(bytes)
     }
     fn text(&mut self, field: &'static str) -> Result<&'a str, ProtocolError> {
         let bytes = self.rest();
@@ -869,6 +962,16 @@ mod tests {
                 hot_y: 0,
                 rgba: (&[1u8, 2, 3, 4][..]).into(),
             }),
+            ToBrowser::Tile {
+                surface: 2,
+                rect: rect(64, 63, 66, 66),
+                rgba: (0..24u8).collect::<Vec<_>>().into(),
+            },
+            ToBrowser::TileAlpha {
+                surface: 2,
+                rect: rect(0, 0, 3, 2),
+                alpha: (&[0u8, 50, 100, 150, 200, 250][..]).into(),
+            },
         ];
         for m in msgs {
             let v = m.to_vec();
@@ -918,6 +1021,10 @@ mod tests {
                 code_unit: 0x20ac,
                 down: true,
             }),
+            FromBrowser::Resize {
+                width: 1600,
+                height: 900,
+            },
         ];
         for m in msgs {
             assert_eq!(FromBrowser::decode(&m.encode()).unwrap(), m);
@@ -976,6 +1083,64 @@ mod tests {
         let mut hello = vec![1, CLIENT_HELLO, 0, 4, 0, 4];
         hello.extend(std::iter::repeat_n(b'a', 65));
         assert!(FromBrowser::decode(&hello).is_err());
+    }
+
+    #[test]
+    fn tile_layout_and_length_checks() {
+        use types::*;
+        let full = ToBrowser::Tile {
+            surface: 1,
+            rect: rect(0, 0, 64, 63),
+            rgba: vec![7u8; 64 * 63 * 4].into(),
+        };
+        let bytes = full.to_vec();
+        // A full tile and its 12-byte header fit one 16 KiB frame chunk.
+        assert_eq!(bytes.len(), 12 + 16_128);
+        assert!(full.encode(&mut [0u8; 16 << 10]).is_ok());
+        assert_eq!(&bytes[..12], &[1, TILE, 1, 0, 0, 0, 0, 0, 64, 0, 63, 0]);
+
+        let mut short = bytes.clone();
+        short.pop();
+        let e = ToBrowser::decode(&short).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "message type 0x1d: rgba is 16127 bytes, a 64×63 tile needs 16128"
+        );
+        let mut long = bytes;
+        long.push(0);
+        assert!(ToBrowser::decode(&long).is_err());
+
+        let alpha = ToBrowser::TileAlpha {
+            surface: 1,
+            rect: rect(10, 10, 12, 11),
+            alpha: (&[1u8, 2][..]).into(),
+        };
+        let mut v = alpha.to_vec();
+        assert_eq!(v.len(), 14);
+        v.push(3);
+        let e = ToBrowser::decode(&v).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("alpha is 3 bytes, a 2×1 tile needs 2"),
+            "{e}"
+        );
+
+        // An inverted rectangle.
+        let mut v = vec![1, TILE, 0, 0];
+        for c in [5u16, 0, 4, 1] {
+            v.extend_from_slice(&c.to_le_bytes());
+        }
+        let e = ToBrowser::decode(&v).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rect (5, 0)–(4, 1) ends before it starts"),
+            "{e}"
+        );
+        // A header cut short.
+        assert!(matches!(
+            ToBrowser::decode(&[1, TILE_ALPHA, 0, 0, 1]),
+            Err(ProtocolError::Length { .. })
+        ));
     }
 
     proptest! {

@@ -4,19 +4,27 @@
 //! Two bounds keep a session's memory fixed whatever its peers do:
 //! - every outbound control message is encoded into a frame chunk of the session's arena share;
 //!   when the share is used up the session asks for no more input (`wants_input`);
-//! - at most [`MAX_FRAMES_IN_FLIGHT`] frames may be on their way to the page without a
+//! - at most [`MAX_FRAMES_IN_FLIGHT`] frames, and no more bytes than the session's frame-chunk
+//!   share holds (plus the frame that crossed it), may be on their way to the page without a
 //!   FrameDecoded answer; beyond that the session takes no more RDP events (`wants_rdp`), so
 //!   the RDP socket fills and TCP holds the server back, and the server — which gets a frame
 //!   acknowledgement only when the page has applied the frame — slows down by itself.
+//!
+//! Graphics in codecs other than H.264 are decoded here, update by update, into lossless tiles
+//! (`rdp::tiles`); a session's decoder state (the ClearCodec caches) is created with its first
+//! such update and is the session's alone.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use arena::{FrameChunk, SessionShare, Slot};
 
+use tracing::warn;
+
 use crate::protocol::{FromBrowser, Pointer, ProtocolError, State, ToBrowser};
 use crate::rdp::egfx::SurfaceFormat;
-use crate::rdp::{GfxEvent, InputEvent, PointerEvent, RdpEvent};
+use crate::rdp::tiles::{Tile, TileKind, Update};
+use crate::rdp::{GfxEvent, InputEvent, PointerEvent, RdpEvent, TileDecoder};
 
 /// Frames sent to the page and not yet reported decoded, at most.
 pub const MAX_FRAMES_IN_FLIGHT: usize = 4;
@@ -47,6 +55,11 @@ pub enum Action {
         height: u16,
     },
     Input(InputEvent),
+    /// Ask the server for a new desktop size (where it supports display control).
+    Resize {
+        width: u16,
+        height: u16,
+    },
     /// Tell the server the page has applied `frame_id`; `queue_depth` frames are still pending.
     AckFrame {
         frame_id: u32,
@@ -94,8 +107,14 @@ pub struct Session {
     phase: Phase,
     out: VecDeque<Outbound>,
     actions: VecDeque<Action>,
-    /// EndFrame ids sent to the page, oldest first.
-    frames_in_flight: VecDeque<u32>,
+    /// EndFrame ids sent to the page with the bytes of each frame, oldest first.
+    frames_in_flight: VecDeque<(u32, usize)>,
+    /// Bytes of graphics sent since the last EndFrame.
+    frame_bytes: usize,
+    /// Bytes of the frames in `frames_in_flight`.
+    bytes_in_flight: usize,
+    /// Decodes updates in codecs other than H.264; created with the first one.
+    tiles: Option<TileDecoder>,
 }
 
 impl Session {
@@ -112,6 +131,9 @@ impl Session {
             out: VecDeque::new(),
             actions: VecDeque::new(),
             frames_in_flight: VecDeque::new(),
+            frame_bytes: 0,
+            bytes_in_flight: 0,
+            tiles: None,
         };
         let hello = ToBrowser::ServerHello {
             session_id: id,
@@ -149,7 +171,17 @@ impl Session {
     pub fn wants_rdp(&self) -> bool {
         matches!(self.phase, Phase::Connecting | Phase::Active)
             && self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
+            && self.bytes_in_flight < self.bytes_budget()
             && self.wants_input()
+    }
+
+    /// Graphics bytes that may be unanswered by the page: the session's frame-chunk share.
+    pub fn bytes_budget(&self) -> usize {
+        self.share.quota(arena::Pool::FrameChunk) * self.share_chunk_size()
+    }
+
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes_in_flight
     }
 
     pub fn frames_in_flight(&self) -> usize {
@@ -187,18 +219,29 @@ impl Session {
                 queue_depth,
                 ..
             } => {
-                let Some(pos) = self.frames_in_flight.iter().position(|&f| f == frame_id) else {
+                let Some(pos) = self
+                    .frames_in_flight
+                    .iter()
+                    .position(|&(f, _)| f == frame_id)
+                else {
                     return Err(out_of_order(format!(
                         "FrameDecoded for frame {frame_id}, which is not on its way to the page"
                     )));
                 };
                 // Frames are applied in order; an answer for a later frame covers earlier ones.
-                self.frames_in_flight.drain(..=pos);
+                let answered: usize = self.frames_in_flight.drain(..=pos).map(|(_, b)| b).sum();
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(answered);
                 let pending = u32::from(queue_depth) + self.frames_in_flight.len() as u32;
                 self.actions.push_back(Action::AckFrame {
                     frame_id,
                     queue_depth: pending,
                 });
+                Ok(())
+            }
+            FromBrowser::Resize { width, height } => {
+                if self.phase == Phase::Active {
+                    self.actions.push_back(Action::Resize { width, height });
+                }
                 Ok(())
             }
             FromBrowser::Input(e) => {
@@ -234,6 +277,8 @@ impl Session {
                 self.phase = Phase::Active;
                 // A reactivated server starts its frame numbering over.
                 self.frames_in_flight.clear();
+                self.bytes_in_flight = 0;
+                self.frame_bytes = 0;
                 let _ = self.queue(&ToBrowser::DesktopSize {
                     width: *width,
                     height: *height,
@@ -293,7 +338,9 @@ impl Session {
                 frame_id: *frame_id,
             },
             GfxEvent::EndFrame { frame_id } => {
-                self.frames_in_flight.push_back(*frame_id);
+                let bytes = std::mem::take(&mut self.frame_bytes);
+                self.frames_in_flight.push_back((*frame_id, bytes));
+                self.bytes_in_flight += bytes;
                 ToBrowser::EndFrame {
                     frame_id: *frame_id,
                 }
@@ -346,11 +393,50 @@ impl Session {
             GfxEvent::EvictCacheEntry { cache_slot } => {
                 ToBrowser::EvictCacheEntry { slot: *cache_slot }
             }
+            GfxEvent::OtherCodec { .. } => {
+                if let Some(update) = Update::from_event(g) {
+                    self.on_other_codec(&update);
+                }
+                return;
+            }
             // Capability choice, cache import and codec contexts concern only the gateway.
             GfxEvent::CapsConfirmed { .. }
             | GfxEvent::CacheImportReply { .. }
-            | GfxEvent::DeleteEncodingContext { .. }
-            | GfxEvent::OtherCodec { .. } => return,
+            | GfxEvent::DeleteEncodingContext { .. } => return,
+        };
+        self.push_large(&msg);
+    }
+
+    /// Decodes an update into tiles, one message each. An update the gateway cannot decode
+    /// ends the session with the reason: the page would otherwise show a desktop with a hole.
+    fn on_other_codec(&mut self, update: &Update<'_>) {
+        let mut decoder = self.tiles.take().unwrap_or_default();
+        let result = decoder.decode(update, |t| self.push_tile(&t));
+        self.tiles = Some(decoder);
+        if let Err(err) = result {
+            warn!(
+                session = self.id,
+                surface = update.surface,
+                codec_id = update.codec_id,
+                %err,
+                "graphics update refused"
+            );
+            self.on_rdp_end(&err.to_string());
+        }
+    }
+
+    fn push_tile(&mut self, t: &Tile<'_>) {
+        let msg = match t.kind {
+            TileKind::Rgba => ToBrowser::Tile {
+                surface: t.surface,
+                rect: t.rect,
+                rgba: Cow::Borrowed(t.data),
+            },
+            TileKind::Alpha => ToBrowser::TileAlpha {
+                surface: t.surface,
+                rect: t.rect,
+                alpha: Cow::Borrowed(t.data),
+            },
         };
         self.push_large(&msg);
     }
@@ -392,6 +478,7 @@ impl Session {
     /// Graphics messages: pooled when they fit a chunk, else written out once in full.
     fn push_large(&mut self, msg: &ToBrowser<'_>) {
         let len = msg.encoded_len();
+        self.frame_bytes += len;
         if len <= self.share_chunk_size() {
             if let Some(mut slot) = self.share.alloc::<FrameChunk>() {
                 if let Ok(len) = msg.encode(&mut slot) {
@@ -419,9 +506,13 @@ mod tests {
     use arena::{Arena, ArenaConfig, Pool, PoolSpec};
 
     fn arena(chunks: usize) -> Arena {
+        arena_of(256, chunks)
+    }
+
+    fn arena_of(slot_size: usize, chunks: usize) -> Arena {
         Arena::new(&ArenaConfig {
             frame_chunk: PoolSpec {
-                slot_size: 256,
+                slot_size,
                 slots_per_session: chunks,
             },
             surface_desc: ArenaConfig::DEFAULT_SURFACE_DESC,
@@ -548,6 +639,37 @@ mod tests {
     }
 
     #[test]
+    fn bytes_in_flight_are_bounded_by_the_share() {
+        let a = arena(4); // 4 chunks × 256 B = 1 KiB of graphics in flight at most
+        let mut s = active(&a);
+        assert_eq!(s.bytes_budget(), 1024);
+        let big = crate::rdp::egfx::Rect {
+            left: 0,
+            top: 0,
+            right: 16,
+            bottom: 16,
+        };
+        let fill = GfxEvent::SolidFill {
+            surface: 1,
+            color: [0, 0, 0, 255],
+            rects: vec![big; 200],
+        };
+        s.on_rdp_event(&RdpEvent::Graphics(fill));
+        s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 1 }));
+        drain(&mut s);
+        assert!(s.bytes_in_flight() > 1024);
+        assert!(!s.wants_rdp(), "one frame over the budget stops the stream");
+        let decoded = FromBrowser::FrameDecoded {
+            frame_id: 1,
+            frames_decoded: 1,
+            queue_depth: 0,
+        };
+        s.handle_binary(&decoded.encode()).unwrap();
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert!(s.wants_rdp());
+    }
+
+    #[test]
     fn input_flows_only_while_active() {
         let a = arena(8);
         let mut s = Session::start(a.admit().unwrap(), 0, 1024);
@@ -606,5 +728,299 @@ mod tests {
         assert!(e.to_string().contains(&format!("session {}", s.id())));
         assert!(e.to_string().contains("0x42"));
         assert_eq!(s.handle_text().unwrap_err().close_code(), 1003);
+    }
+
+    mod tiles {
+        #![allow(clippy::panic)]
+
+        use ironrdp_graphics::clearcodec::ClearCodecEncoder;
+        use ironrdp_graphics::rdp6::{BitmapStreamEncoder, RgbChannels};
+
+        use super::*;
+        use crate::rdp::egfx::Rect;
+        use crate::rdp::tiles::codec;
+
+        const SURFACE: u16 = 3;
+        /// The test surface, RGBA.
+        const W: usize = 400;
+        const H: usize = 300;
+
+        fn other(codec_id: u16, rect: Rect, format: SurfaceFormat, data: Vec<u8>) -> RdpEvent {
+            RdpEvent::Graphics(GfxEvent::OtherCodec {
+                surface: SURFACE,
+                codec_id,
+                rect: Some(rect),
+                codec_context: None,
+                format,
+                data,
+            })
+        }
+
+        fn rect(left: u16, top: u16, w: usize, h: usize) -> Rect {
+            Rect {
+                left,
+                top,
+                right: left + w as u16,
+                bottom: top + h as u16,
+            }
+        }
+
+        /// A picture with every pixel different, opaque, RGBA.
+        fn picture(w: usize, h: usize, seed: u8) -> Vec<u8> {
+            (0..w * h)
+                .flat_map(|i| {
+                    let (x, y) = (i % w, i / w);
+                    [
+                        (x * 7) as u8 ^ seed,
+                        (y * 3) as u8,
+                        (x + y) as u8 ^ seed,
+                        255,
+                    ]
+                })
+                .collect()
+        }
+
+        fn bgra(rgba: &[u8]) -> Vec<u8> {
+            rgba.chunks_exact(4)
+                .flat_map(|p| [p[2], p[1], p[0], p[3]])
+                .collect()
+        }
+
+        /// What the page does: every Tile message put on the surface canvas at its corner.
+        /// Returns how many tiles came in pool chunks.
+        fn apply(s: &mut Session, canvas: &mut [u8]) -> usize {
+            let mut pooled = 0;
+            while let Some(o) = s.poll_transmit() {
+                pooled += usize::from(matches!(o, Outbound::Pooled { .. }));
+                match ToBrowser::decode(o.bytes()).unwrap() {
+                    ToBrowser::Tile {
+                        surface,
+                        rect,
+                        rgba,
+                    } => {
+                        assert_eq!(surface, SURFACE);
+                        let w = usize::from(rect.right - rect.left) * 4;
+                        for (row, src) in rgba.chunks_exact(w).enumerate() {
+                            let at =
+                                ((usize::from(rect.top) + row) * W + usize::from(rect.left)) * 4;
+                            canvas[at..at + w].copy_from_slice(src);
+                        }
+                    }
+                    ToBrowser::TileAlpha { rect, alpha, .. } => {
+                        let w = usize::from(rect.right - rect.left);
+                        for (row, src) in alpha.chunks_exact(w).enumerate() {
+                            for (col, a) in src.iter().enumerate() {
+                                let at = ((usize::from(rect.top) + row) * W
+                                    + usize::from(rect.left)
+                                    + col)
+                                    * 4;
+                                canvas[at + 3] = *a;
+                            }
+                        }
+                    }
+                    other => panic!("expected tiles, got {other:?}"),
+                }
+            }
+            pooled
+        }
+
+        /// The canvas region `r` as RGBA rows.
+        fn region(canvas: &[u8], r: Rect) -> Vec<u8> {
+            (r.top..r.bottom)
+                .flat_map(|y| {
+                    let at = (usize::from(y) * W + usize::from(r.left)) * 4;
+                    canvas[at..at + usize::from(r.right - r.left) * 4].to_vec()
+                })
+                .collect()
+        }
+
+        #[test]
+        fn other_codecs_reach_the_page_as_lossless_tiles() {
+            let a = arena_of(16 << 10, 16);
+            let mut s = active(&a);
+            let mut canvas = vec![0u8; W * H * 4];
+
+            // Uncompressed, 150×70 at (10, 20): 6 tiles, all in pool chunks.
+            let pic = picture(150, 70, 1);
+            let r = rect(10, 20, 150, 70);
+            s.on_rdp_event(&other(
+                codec::UNCOMPRESSED,
+                r,
+                SurfaceFormat::XRgb,
+                bgra(&pic),
+            ));
+            assert_eq!(apply(&mut s, &mut canvas), 6);
+            assert_eq!(region(&canvas, r), pic);
+
+            // Planar, RLE, 100×65 at (200, 100), encoded by IronRDP.
+            let pic = picture(100, 65, 2);
+            let rgb: Vec<u8> = pic
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect();
+            let mut stream = vec![0; 100 * 65 * 4];
+            let n = BitmapStreamEncoder::new(100, 65)
+                .encode_bitmap::<RgbChannels>(&rgb, &mut stream, true)
+                .unwrap();
+            stream.truncate(n);
+            let r = rect(200, 100, 100, 65);
+            s.on_rdp_event(&other(codec::PLANAR, r, SurfaceFormat::XRgb, stream));
+            apply(&mut s, &mut canvas);
+            assert_eq!(region(&canvas, r), pic);
+
+            // ClearCodec, 130×40 at (0, 200), then a glyph twice: the second time as a cache
+            // hit, which decodes only with the session's ClearCodec state.
+            let mut enc = ClearCodecEncoder::new();
+            let pic = picture(130, 40, 3);
+            let r = rect(0, 200, 130, 40);
+            let stream = enc.encode(&bgra(&pic), 130, 40);
+            s.on_rdp_event(&other(codec::CLEARCODEC, r, SurfaceFormat::XRgb, stream));
+            apply(&mut s, &mut canvas);
+            assert_eq!(region(&canvas, r), pic);
+            let glyph = picture(8, 16, 4);
+            for (x, _) in [(300u16, "miss"), (320, "hit")] {
+                let stream = enc.encode(&bgra(&glyph), 8, 16);
+                let r = rect(x, 250, 8, 16);
+                s.on_rdp_event(&other(codec::CLEARCODEC, r, SurfaceFormat::XRgb, stream));
+                apply(&mut s, &mut canvas);
+                assert_eq!(region(&canvas, r), glyph);
+            }
+
+            // Alpha over the uncompressed picture: only its alpha changes.
+            let r = rect(10, 20, 150, 70);
+            let before = region(&canvas, r);
+            let mut stream = vec![0x4c, 0x41, 1, 0];
+            stream.extend_from_slice(&[77, 0xff]);
+            stream.extend_from_slice(&(150u16 * 70).to_le_bytes());
+            s.on_rdp_event(&other(codec::ALPHA, r, SurfaceFormat::ARgb, stream));
+            apply(&mut s, &mut canvas);
+            let after = region(&canvas, r);
+            for (b, a) in before.chunks_exact(4).zip(after.chunks_exact(4)) {
+                assert_eq!((&a[..3], a[3]), (&b[..3], 77));
+            }
+
+            assert_eq!(s.phase(), Phase::Active);
+            // Every chunk is back once the page has the tiles.
+            let st = a.stats().pool(Pool::FrameChunk);
+            assert_eq!(st.in_use, 0);
+        }
+
+        #[test]
+        fn tiles_beyond_the_share_are_written_from_the_heap() {
+            let a = arena_of(16 << 10, 4);
+            let mut s = active(&a);
+            let pic = picture(256, 63, 5);
+            let r = rect(0, 0, 256, 63);
+            s.on_rdp_event(&other(
+                codec::UNCOMPRESSED,
+                r,
+                SurfaceFormat::XRgb,
+                bgra(&pic),
+            ));
+            assert_eq!(s.queued(), 4);
+            let mut canvas = vec![0u8; W * H * 4];
+            assert_eq!(apply(&mut s, &mut canvas), 4);
+            assert_eq!(region(&canvas, r), pic);
+            // Smaller chunks than a tile: all of them from the heap, still whole.
+            let a = arena_of(4 << 10, 4);
+            let mut s = active(&a);
+            s.on_rdp_event(&other(
+                codec::UNCOMPRESSED,
+                r,
+                SurfaceFormat::XRgb,
+                bgra(&pic),
+            ));
+            let mut canvas = vec![0u8; W * H * 4];
+            assert_eq!(apply(&mut s, &mut canvas), 0);
+            assert_eq!(region(&canvas, r), pic);
+        }
+
+        fn ended_with(s: &mut Session) -> String {
+            let msgs = drain(s);
+            assert_eq!(msgs.len(), 1, "only the Disconnected message");
+            assert_eq!(s.phase(), Phase::Ended);
+            assert!(!s.wants_rdp());
+            match ToBrowser::decode(&msgs[0]).unwrap() {
+                ToBrowser::Disconnected { reason } => reason.into_owned(),
+                other => panic!("expected Disconnected, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn an_update_above_the_limit_ends_the_session_in_words() {
+            let a = arena_of(16 << 10, 16);
+            let mut s = active(&a);
+            let r = Rect {
+                left: 0,
+                top: 0,
+                right: 2048,
+                bottom: 1024,
+            };
+            s.on_rdp_event(&other(
+                codec::CLEARCODEC,
+                r,
+                SurfaceFormat::XRgb,
+                vec![0, 0],
+            ));
+            assert_eq!(
+                ended_with(&mut s),
+                "the ClearCodec update of 2048×1024 pixels for surface 3 is larger than the \
+                 1048576 pixels the gateway decodes at once"
+            );
+        }
+
+        #[test]
+        fn a_malformed_update_ends_only_its_session() {
+            let a = arena_of(16 << 10, 16);
+            let mut s = active(&a);
+            let mut other_session = active(&a);
+            let r = rect(0, 0, 32, 32);
+            // RLE planar whose planes are cut short.
+            s.on_rdp_event(&other(
+                codec::PLANAR,
+                r,
+                SurfaceFormat::XRgb,
+                vec![0x10, 0x13, 1],
+            ));
+            let reason = ended_with(&mut s);
+            assert!(
+                reason.starts_with("the planar update of 32×32 pixels for surface 3 is malformed"),
+                "{reason}"
+            );
+            // The other session decodes the same kind of update as before.
+            let pic = picture(32, 32, 6);
+            other_session.on_rdp_event(&other(
+                codec::UNCOMPRESSED,
+                r,
+                SurfaceFormat::XRgb,
+                bgra(&pic),
+            ));
+            let mut canvas = vec![0u8; W * H * 4];
+            apply(&mut other_session, &mut canvas);
+            assert_eq!(region(&canvas, r), pic);
+            assert_eq!(other_session.phase(), Phase::Active);
+        }
+
+        #[test]
+        fn progressive_updates_are_refused_in_words() {
+            let a = arena_of(16 << 10, 16);
+            let mut s = active(&a);
+            s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::OtherCodec {
+                surface: 1,
+                codec_id: codec::REMOTEFX_PROGRESSIVE,
+                rect: None,
+                codec_context: Some(2),
+                format: SurfaceFormat::XRgb,
+                data: vec![0; 16],
+            }));
+            let reason = ended_with(&mut s);
+            assert!(
+                reason.starts_with(
+                    "surface 1 got an update in a codec the gateway does not decode, RemoteFX \
+                     progressive (0x9)"
+                ),
+                "{reason}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use ironrdp_connector::{ClientConnector, Config, ConnectorError, ConnectorErrorKind, Credentials};
+use ironrdp_displaycontrol::client::DisplayControlClient;
 use ironrdp_dvc::DrdynvcClient;
 use ironrdp_pdu::gcc;
 use ironrdp_pdu::rdp::capability_sets::{MajorPlatformType, RailSupportLevel};
@@ -94,10 +95,14 @@ pub fn config(target: &Target, size: DesktopSize) -> Config {
     }
 }
 
-/// The connector for `target`, with the graphics pipeline channel registered.
+/// The connector for `target`, with the graphics pipeline and display control channels
+/// registered (the latter lets the page resize the remote desktop where the server allows).
 pub fn connector(target: &Target, size: DesktopSize, client_addr: SocketAddr) -> ClientConnector {
-    ClientConnector::new(config(target, size), client_addr)
-        .with_static_channel(DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()))
+    ClientConnector::new(config(target, size), client_addr).with_static_channel(
+        DrdynvcClient::new()
+            .with_dynamic_channel(GfxChannel::new())
+            .with_dynamic_channel(DisplayControlClient::new(|_| Ok(Vec::new()))),
+    )
 }
 
 /// The user name as the server sees it, for messages.

@@ -1,6 +1,7 @@
 //! The gateway's RDP client, sans-IO: the target and its TLS policy, the connector set-up, the
-//! active session and the graphics pipeline channel. Bytes come in and go out through the
-//! runtime shell (`runtime::rdp_client`); nothing here touches a socket or an executor.
+//! active session, the graphics pipeline channel, and the tile decoder for codecs other than
+//! H.264. Bytes come in and go out through the runtime shell (`runtime::rdp_client`); nothing
+//! here touches a socket or an executor.
 //!
 //! What leaves this module is a stream of [`RdpEvent`]s: graphics commands with H.264 access
 //! units untouched, pointer updates, and the session's start and end. Every error is one
@@ -11,6 +12,7 @@ pub mod egfx;
 pub mod input;
 pub mod session;
 pub mod target;
+pub mod tiles;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ pub use egfx::{GfxError, GfxEvent};
 pub use input::InputEvent;
 pub use session::Session;
 pub use target::{Target, TlsError, TlsPolicy};
+pub use tiles::{TileDecoder, TileError};
 
 /// What the RDP session reports to the layer above.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! and takes every event with [`Session::next_event`] before reading the next PDU. That order
 //! is what bounds the event queue (see `egfx`).
 
+use ironrdp_displaycontrol::client::DisplayControlClient;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -405,6 +406,40 @@ impl Session {
             .map_err(|e| self.session_error("acknowledging a frame", &e))?;
         out.extend_from_slice(&bytes);
         Ok(())
+    }
+
+    /// Asks the server for a new desktop size through the display control channel. `Ok(false)`
+    /// when the server offers no such channel (the page then scales the picture).
+    pub fn resize(&mut self, width: u16, height: u16, out: &mut Vec<u8>) -> Result<bool, RdpError> {
+        self.check_live()?;
+        let svc = {
+            let Some(dvc) = self.stage.get_dvc_mut::<DisplayControlClient>() else {
+                return Ok(false);
+            };
+            if !dvc.processor().ready() {
+                return Ok(false);
+            }
+            // MS-RDPEDISP: widths must be even.
+            dvc.processor()
+                .encode_single_primary_monitor(
+                    dvc.channel_id(),
+                    u32::from(width & !1),
+                    u32::from(height),
+                    None,
+                    None,
+                )
+                .map_err(|e| RdpError::Protocol {
+                    host: self.host.clone(),
+                    phase: "resizing the desktop",
+                    why: e.to_string(),
+                })?
+        };
+        let bytes = self
+            .stage
+            .encode_dvc_messages(svc)
+            .map_err(|e| self.session_error("resizing the desktop", &e))?;
+        out.extend_from_slice(&bytes);
+        Ok(true)
     }
 
     /// Asks the server to end the session; it answers by disconnecting.

@@ -59,16 +59,27 @@ impl RdpClient {
         size: DesktopSize,
         settings: &Settings,
     ) -> Result<RdpClient, RdpError> {
+        Self::connect_with_progress(target, size, settings, &|_| {}).await
+    }
+
+    /// `connect`, telling `progress` as each step of the connection sequence is reached.
+    pub async fn connect_with_progress(
+        target: &Target,
+        size: DesktopSize,
+        settings: &Settings,
+        progress: &dyn Fn(ConnectStep),
+    ) -> Result<RdpClient, RdpError> {
         let started = Instant::now();
         let host = target.host.clone();
-        let result = futures_lite::future::or(connect_inner(target, size, settings), async {
-            glommio::timer::sleep(CONNECT_TIMEOUT).await;
-            Err(RdpError::Timeout {
-                host: host.clone(),
-                secs: CONNECT_TIMEOUT.as_secs(),
+        let result =
+            futures_lite::future::or(connect_inner(target, size, settings, progress), async {
+                glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                Err(RdpError::Timeout {
+                    host: host.clone(),
+                    secs: CONNECT_TIMEOUT.as_secs(),
+                })
             })
-        })
-        .await;
+            .await;
         match &result {
             Ok(c) => info!(
                 host = target.host,
@@ -150,6 +161,14 @@ impl RdpClient {
         self.flush().await
     }
 
+    /// Asks for a new desktop size; `Ok(false)` when the server cannot resize (no display
+    /// control channel), and the page scales instead.
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<bool, RdpError> {
+        let asked = self.session.resize(width, height, &mut self.out)?;
+        self.flush().await?;
+        Ok(asked)
+    }
+
     /// Asks the server to end the session; keep reading events until `Disconnected`.
     pub async fn shutdown(&mut self) -> Result<(), RdpError> {
         self.session.shutdown(&mut self.out)?;
@@ -194,10 +213,20 @@ impl RdpClient {
     }
 }
 
+/// Steps of the connection sequence, for the page's status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    /// TLS is up; the credentials are being checked (NLA) or sent.
+    Authenticating,
+    /// Logged on; capabilities and channels are being set up.
+    OpeningDesktop,
+}
+
 async fn connect_inner(
     target: &Target,
     size: DesktopSize,
     settings: &Settings,
+    progress: &dyn Fn(ConnectStep),
 ) -> Result<RdpClient, RdpError> {
     let host = target.host.clone();
     let tcp = tcp_connect(target, settings).await?;
@@ -255,6 +284,7 @@ async fn connect_inner(
         "tls established"
     );
     let public_key = connection::server_public_key(&host, cert)?;
+    progress(ConnectStep::Authenticating);
     let upgraded = ironrdp_async::mark_as_upgraded(should_upgrade, &mut connector);
     let mut framed = Framed::<Io<TlsStream<TcpStream>>>::new(tls);
 
@@ -287,6 +317,7 @@ async fn connect_inner(
         connector.mark_credssp_as_done();
         debug!(host, "nla complete");
     }
+    progress(ConnectStep::OpeningDesktop);
 
     let outcome = ironrdp_async::connect_finalize(
         upgraded,

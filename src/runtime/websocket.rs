@@ -16,13 +16,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
+use crate::protocol::State;
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
 use crate::session::{Action, Phase, Session};
 use crate::sizing::{ws_write_reserve, WS_READ_BUFFER};
 use crate::telemetry::{CoreCounters, Direction};
 
 use super::core::Core;
-use super::rdp_client::RdpClient;
+use super::rdp_client::{ConnectStep, RdpClient};
 
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
@@ -73,7 +74,7 @@ pub async fn run(
         if let Err(end) = flush(&mut ws, &mut session, &counters).await {
             break end;
         }
-        if let Some(end) = run_actions(&core, &mut session, &mut rdp, id).await {
+        if let Some(end) = run_actions(&core, &mut ws, &mut session, &mut rdp, id).await {
             break end;
         }
         if let Err(end) = flush(&mut ws, &mut session, &counters).await {
@@ -192,10 +193,12 @@ async fn flush(ws: &mut Ws, session: &mut Session, counters: &CoreCounters) -> R
 /// Carries out what the session asked of the RDP side.
 async fn run_actions(
     core: &Core,
+    ws: &mut Ws,
     session: &mut Session,
     rdp: &mut Option<RdpClient>,
     id: u64,
 ) -> Option<End> {
+    let counters = &core.counters;
     while let Some(action) = session.poll_action() {
         let result = match action {
             Action::Connect {
@@ -212,11 +215,45 @@ async fn run_actions(
                 };
                 let size = DesktopSize { width, height };
                 info!(session = id, target = %target, host = %t.host, width, height, "connecting");
+                // Steps reached while connecting go to the page as they happen.
+                let step = std::cell::Cell::new(None);
+                let stepped = event_listener::Event::new();
+                let on_step = |s: ConnectStep| {
+                    step.set(Some(s));
+                    stepped.notify(1);
+                };
+                let user = t.username.clone();
                 let connect = futures_lite::future::or(
-                    async { Some(RdpClient::connect(&t, size, &core.settings).await) },
                     async {
-                        core.shutdown.wait().await;
-                        None
+                        Some(
+                            RdpClient::connect_with_progress(&t, size, &core.settings, &on_step)
+                                .await,
+                        )
+                    },
+                    async {
+                        loop {
+                            let listener = stepped.listen();
+                            match step.take() {
+                                Some(ConnectStep::Authenticating) => session.on_progress(
+                                    State::Authenticating,
+                                    &format!("authenticating as {user}"),
+                                ),
+                                Some(ConnectStep::OpeningDesktop) => session.on_progress(
+                                    State::Authenticating,
+                                    "signed in, opening the desktop",
+                                ),
+                                None => {
+                                    futures_lite::future::or(listener, core.shutdown.wait()).await;
+                                    if core.shutdown.is_set() {
+                                        return None;
+                                    }
+                                    continue;
+                                }
+                            }
+                            if flush(ws, session, counters).await.is_err() {
+                                return None;
+                            }
+                        }
                     },
                 )
                 .await;
@@ -236,6 +273,20 @@ async fn run_actions(
             }
             Action::Input(e) => match rdp.as_mut() {
                 Some(c) => c.send_input(&[e]).await,
+                None => Ok(()),
+            },
+            Action::Resize { width, height } => match rdp.as_mut() {
+                Some(c) => match c.resize(width, height).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        info!(
+                            session = id,
+                            width, height, "server cannot resize; the page scales"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 None => Ok(()),
             },
             Action::AckFrame {
