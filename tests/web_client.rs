@@ -274,6 +274,91 @@ fn fills_copies_and_cache_compose_the_screen() {
     assert!(b.stats()["ignoredOperations"].as_u64().unwrap() >= 1);
 }
 
+#[test]
+fn tiles_put_pixels_and_alpha_as_they_came() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+
+    // A 64×63 tile (the gateway's largest) on the XRGB surface, every pixel different.
+    let rect = [10, 20, 74, 83];
+    let gradient: Vec<u8> = (0..63u8)
+        .flat_map(|y| (0..64u8).flat_map(move |x| [x * 4, y * 4, 200, 255]))
+        .collect();
+    // An ARGB surface above it: a red tile, then its right half made transparent.
+    let red: Vec<u8> = std::iter::repeat_n([255u8, 0, 0, 255], 64 * 63)
+        .flatten()
+        .collect();
+    let alpha: Vec<u8> = (0..63)
+        .flat_map(|_| (0..64).map(|x| if x < 32 { 255u8 } else { 0 }))
+        .collect();
+    peer.send_all([
+        wire::create_surface(3, 64, 63, 1),
+        wire::map_surface(3, 200, 100),
+        wire::start_frame(1),
+        wire::solid_fill(1, rgba(GREY), &[[0, 0, 320, 240]]),
+        wire::tile(1, rect, &gradient),
+        wire::tile(3, [0, 0, 64, 63], &red),
+        wire::tile_alpha(3, [0, 0, 64, 63], &alpha),
+        // TileAlpha on an opaque surface changes nothing.
+        wire::tile_alpha(1, rect, &vec![0u8; 64 * 63]),
+        wire::end_frame(1),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 1);
+    for (x, y) in [(0u32, 0u32), (5, 7), (63, 62), (31, 40)] {
+        let want = [x as u8 * 4, y as u8 * 4, 200];
+        assert_pixel(&mut b, 10 + x, 20 + y, want, 0);
+    }
+    assert_pixel(&mut b, 9, 19, GREY, 0);
+    assert_pixel(&mut b, 74, 83, GREY, 0);
+    assert_pixel(&mut b, 210, 130, [255, 0, 0], 0);
+    assert_pixel(&mut b, 250, 130, GREY, 0); // transparent: the surface below shows
+    assert_eq!(b.stats()["tiles"], 4);
+
+    // A tile whose payload is not its rectangle's size is malformed: the page says so.
+    peer.send(wire::tile(1, [0, 0, 64, 63], &[0u8; 10]));
+    b.wait_for("rdpwire.stats().state === 'error'", SECS);
+    let shown = b.status_text();
+    assert!(
+        shown.starts_with("error: malformed message from the gateway: Tile of 64×63"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_new_window_size_is_sent_once_it_settles() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 1024, 768);
+    let _ = peer.collect(Duration::from_millis(200));
+    // Dragging through sizes: one Resize, with the size the window ends at.
+    b.set_viewport(900, 700);
+    b.set_viewport(850, 650);
+    b.set_viewport(800, 600);
+    let got = peer.collect(Duration::from_millis(1000));
+    assert_eq!(
+        got,
+        [FromPage::Resize {
+            width: 800,
+            height: 600
+        }]
+    );
+    let s = b.stats();
+    assert_eq!(s["requested"], json!({ "width": 800, "height": 600 }));
+    // Until the server answers with a new size, the page scales the desktop into the window.
+    let boxed = b.eval(
+        "(() => { const r = document.getElementById('screen').getBoundingClientRect(); \
+                  return [r.width, r.height]; })()",
+    );
+    assert_eq!(boxed, json!([800, 600]));
+    // The server's answer: a new desktop size.
+    peer.send_all([wire::desktop_size(800, 600), wire::reset_graphics(800, 600)]);
+    b.wait_for("rdpwire.stats().width === 800", SECS);
+    b.set_viewport(chromium::VIEWPORT.0, chromium::VIEWPORT.1);
+}
+
 /// Key frame, delta frame with a partial region, and a second surface whose picture is
 /// placed by `dest`: pixels checked the moment the frame's acknowledgement arrives.
 fn h264_pictures(b: &mut Chromium, server: &PageServer, profile: Profile, vui: Vui) {

@@ -194,6 +194,37 @@ export class Compositor {
     s.ctx.restore();
   }
 
+  // Tile: non-premultiplied RGBA pixels the gateway decoded (lossless codecs), put as they
+  // are, alpha included.
+  tile(id, rect, rgba) {
+    const s = this.surface(id);
+    if (!s) return;
+    const w = rect.right - rect.left;
+    const h = rect.bottom - rect.top;
+    const pixels = new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, w * h * 4);
+    s.ctx.putImageData(new ImageData(pixels, w, h), rect.left, rect.top);
+    this.markDirty(s, rect);
+  }
+
+  // TileAlpha: new alpha for the pixels already on the surface. XRGB surfaces are opaque.
+  tileAlpha(id, rect, alpha) {
+    const s = this.surface(id);
+    if (!s || s.opaque) return;
+    const r = clip(rect, s.width, s.height);
+    if (!r) return;
+    const tw = rect.right - rect.left;
+    const w = r.right - r.left;
+    const h = r.bottom - r.top;
+    const img = s.ctx.getImageData(r.left, r.top, w, h);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        img.data[(y * w + x) * 4 + 3] = alpha[(y + r.top - rect.top) * tw + (x + r.left - rect.left)];
+      }
+    }
+    s.ctx.putImageData(img, r.left, r.top);
+    this.markDirty(s, r);
+  }
+
   surface(id) {
     const s = this.surfaces.get(id);
     if (!s) this.ignored++;

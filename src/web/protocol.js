@@ -23,6 +23,8 @@ export const SURFACE_TO_CACHE = 0x19;
 export const CACHE_TO_SURFACE = 0x1a;
 export const EVICT_CACHE_ENTRY = 0x1b;
 export const POINTER = 0x1c;
+export const TILE = 0x1d;
+export const TILE_ALPHA = 0x1e;
 
 // Browser → gateway.
 const PING = 0x81;
@@ -33,6 +35,7 @@ const MOUSE_BUTTON = 0x85;
 const WHEEL = 0x86;
 const KEY = 0x87;
 const UNICODE = 0x88;
+const RESIZE = 0x89;
 
 // Status.state values.
 export const STATUS_STATES = ["connecting", "authenticating", "connected", "reconnecting"];
@@ -76,6 +79,15 @@ class Reader {
   text() { return utf8.decode(this.rest()); }
 }
 
+// A tile's payload must be exactly its rectangle's pixels.
+function exactly(bytes, rect, perPixel, name) {
+  const w = rect.right - rect.left;
+  const h = rect.bottom - rect.top;
+  if (w <= 0 || h <= 0 || bytes.byteLength !== w * h * perPixel) {
+    throw new ProtocolError(`${name} of ${w}×${h} carries ${bytes.byteLength} bytes`);
+  }
+}
+
 // Decodes one gateway message into `{type, ...fields}`; unknown types come back as
 // `{type, unknown: true}` so a newer gateway does not break an older page.
 export function decode(buf) {
@@ -115,6 +127,16 @@ export function decode(buf) {
         return m;
       }
       return { type, kind };
+    }
+    case TILE: {
+      const m = { type, surface: r.u16(), rect: r.rect(), rgba: r.rest() };
+      exactly(m.rgba, m.rect, 4, "Tile");
+      return m;
+    }
+    case TILE_ALPHA: {
+      const m = { type, surface: r.u16(), rect: r.rect(), alpha: r.rest() };
+      exactly(m.alpha, m.rect, 1, "TileAlpha");
+      return m;
     }
     default: return { type, unknown: true };
   }
@@ -185,5 +207,12 @@ export function unicode(codeUnit, down) {
   return message(UNICODE, 3, (v) => {
     v.setUint16(2, codeUnit, true);
     v.setUint8(4, down ? 1 : 0);
+  });
+}
+
+export function resize(width, height) {
+  return message(RESIZE, 4, (v) => {
+    v.setUint16(2, width, true);
+    v.setUint16(4, height, true);
   });
 }

@@ -15,6 +15,8 @@ import { Input } from "./input.js";
 import { Pointer } from "./pointer.js";
 
 const PING_INTERVAL_MS = 2000;
+// A window being dragged to a new size sends one Resize, once it has been still this long.
+const RESIZE_DEBOUNCE_MS = 300;
 const STATS_INTERVAL_MS = 1000;
 const MIN_SIZE = 200;
 const MAX_SIZE = 8192;
@@ -33,11 +35,13 @@ const stats = {
   sessionId: null,
   core: null,
   target: new URLSearchParams(location.search).get("target") || "",
-  requested: null,     // {width, height} sent in ClientHello
+  requested: null,     // {width, height} asked for, in ClientHello or the last Resize
+  resizes: 0,          // Resize messages sent
   width: 0,            // desktop size
   height: 0,
   framesDecoded: 0,    // graphics frames applied and acknowledged (the FrameDecoded count)
   videoFrames: 0,      // H.264 pictures drawn
+  tiles: 0,            // Tile and TileAlpha messages (codecs the gateway decoded)
   skippedPictures: 0,  // H.264 access units not decoded (no key frame yet, decoder failed)
   decodeErrors: 0,
   codecs: [],          // codec strings the decoders were configured with
@@ -236,6 +240,14 @@ function onGraphics(m) {
     case proto.EVICT_CACHE_ENTRY:
       graphics(() => compositor.evict(m.slot));
       break;
+    case proto.TILE:
+      stats.tiles++;
+      graphics(() => compositor.tile(m.surface, m.rect, m.rgba));
+      break;
+    case proto.TILE_ALPHA:
+      stats.tiles++;
+      graphics(() => compositor.tileAlpha(m.surface, m.rect, m.alpha));
+      break;
     default:
       break;
   }
@@ -245,6 +257,17 @@ function sized() {
   stats.width = compositor.width;
   stats.height = compositor.height;
   fit();
+}
+
+// The window's new size goes to the gateway, which asks the server for it where the server
+// can resize (a DesktopSize or ResetGraphics follows); elsewhere the page keeps scaling.
+function askForWindowSize() {
+  if (ended || stats.requested === null) return;
+  const size = wantedSize();
+  if (size.width === stats.requested.width && size.height === stats.requested.height) return;
+  stats.requested = size;
+  stats.resizes++;
+  send(proto.resize(size.width, size.height));
 }
 
 // --- the connection ----------------------------------------------------------------------
@@ -412,7 +435,12 @@ window.rdpwire = {
 };
 
 screen.tabIndex = 0; // focusable, so keys go to the desktop after a click
-window.addEventListener("resize", fit);
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  fit();
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(askForWindowSize, RESIZE_DEBOUNCE_MS);
+});
 input.attach();
 setInterval(tick, STATS_INTERVAL_MS);
 tick();

@@ -160,6 +160,20 @@ pub fn pointer_bitmap(width: u16, height: u16, hot: (u16, u16), rgba: &[u8]) -> 
     m
 }
 
+/// Non-premultiplied RGBA, exactly `rect`'s pixels.
+pub fn tile(surface: u16, rect: Rect, rgba: &[u8]) -> Vec<u8> {
+    let mut m = msg(0x1d).u16(surface).rect(rect);
+    m.extend_from_slice(rgba);
+    m
+}
+
+/// New alpha for `rect`'s pixels, one byte each.
+pub fn tile_alpha(surface: u16, rect: Rect, alpha: &[u8]) -> Vec<u8> {
+    let mut m = msg(0x1e).u16(surface).rect(rect);
+    m.extend_from_slice(alpha);
+    m
+}
+
 /// A message from the page, decoded strictly: a wrong length is a test failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromPage {
@@ -200,6 +214,10 @@ pub enum FromPage {
     Unicode {
         code_unit: u16,
         down: bool,
+    },
+    Resize {
+        width: u16,
+        height: u16,
     },
 }
 
@@ -275,6 +293,13 @@ pub fn decode_from_page(m: &[u8]) -> FromPage {
             FromPage::Unicode {
                 code_unit: u16_at(0),
                 down: flag(b[2]),
+            }
+        }
+        0x89 => {
+            len(4);
+            FromPage::Resize {
+                width: u16_at(0),
+                height: u16_at(2),
             }
         }
         other => panic!("page sent unknown type 0x{other:02x}: {m:?}"),
