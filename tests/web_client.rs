@@ -894,6 +894,40 @@ fn keys_go_as_scancodes_and_other_characters_as_unicode() {
     }
 }
 
+/// Live (not zombie) processes whose process group is `pgid`, from /proc/PID/stat.
+fn processes_in_group(pgid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+            // Fields after the command name: state, ppid, pgrp.
+            let mut after = stat[stat.rfind(')')? + 2..].split_whitespace();
+            let state = after.next()?;
+            let group = after.nth(1)?.parse::<u32>().ok()?;
+            (state != "Z" && group == pgid).then_some(())
+        })
+        .count()
+}
+
+#[test]
+fn the_driver_leaves_no_browser_and_no_profile_behind() {
+    let _turn = serial();
+    let b = Chromium::launch();
+    let (pid, profile) = (b.pid(), b.profile_dir().to_owned());
+    assert!(profile.join("DevToolsActivePort").exists());
+    assert!(
+        processes_in_group(pid) >= 2,
+        "a browser has helper processes"
+    );
+    drop(b);
+    assert_eq!(
+        processes_in_group(pid),
+        0,
+        "processes of the browser survived"
+    );
+    assert!(!profile.exists(), "{} is still there", profile.display());
+}
+
 #[test]
 fn page_from_the_gateway_opens_a_session_and_says_what_became_of_it() {
     let _turn = serial();

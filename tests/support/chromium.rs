@@ -181,6 +181,16 @@ impl Chromium {
         );
     }
 
+    /// The browser's process id; its helpers share it as their process group.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The profile directory (`--user-data-dir`), removed on drop.
+    pub fn profile_dir(&self) -> &Path {
+        &self.profile
+    }
+
     /// Sends one DevTools command and returns its `result`; panics on a protocol error.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
