@@ -31,9 +31,18 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Per channel, for pictures that went through H.264.
 const TOL: u8 = 12;
 
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A gateway with the shadow server as target `shadow`, and as `shadow-wrong` with a wrong
 /// password. Passwords reach the gateway through its own environment only.
-fn gateway_for(server: &ShadowServer) -> (Gateway, PathBuf) {
+fn gateway_for(server: &ShadowServer) -> (Gateway, TempDir) {
     let dir = std::env::temp_dir().join(format!(
         "rdpwire-web-{}-{}",
         std::process::id(),
@@ -58,7 +67,7 @@ fn gateway_for(server: &ShadowServer) -> (Gateway, PathBuf) {
     cmd.env("WEB_SHADOW_PW", freerdp::PASSWORD)
         .env("WEB_WRONG_PW", "not-the-password");
     let gw = Gateway::start_with(cmd, &["--cores", "1", "--config", file.to_str().unwrap()]);
-    (gw, dir)
+    (gw, TempDir(dir))
 }
 
 fn hex(rgb: [u8; 3]) -> String {
