@@ -267,7 +267,16 @@ fn unknown_target_is_refused_in_words() {
 
 /// A gateway configured with the shadow server as target `shadow` (and `shadow-wrong`, the same
 /// server with a wrong password; `closed`, a port nobody listens on).
-fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, std::path::PathBuf) {
+/// Removes the test's configuration directory when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, TempDir) {
     let dir = std::env::temp_dir().join(format!(
         "rdpwire-live-{}-{}",
         std::process::id(),
@@ -294,7 +303,7 @@ fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, std::path::PathBuf) 
     std::env::set_var("SHADOW_PW", freerdp::PASSWORD);
     std::env::set_var("WRONG_PW", "not-the-password");
     let gw = Gateway::start(&["--cores", "1", "--config", file.to_str().unwrap()]);
-    (gw, dir)
+    (gw, TempDir(dir))
 }
 
 /// Anonymous resident memory (heap, stacks, arenas): where a framebuffer would live. File
