@@ -62,6 +62,16 @@ fn gateway_for(server: &ShadowServer) -> (Gateway, TempDir) {
             freerdp::USER
         ));
     }
+    // A loopback port nobody listens on: the unreachable host.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    toml.push_str(&format!(
+        "[targets.closed]\nhost = \"127.0.0.1\"\nport = {closed}\nusername = \"x\"\n\
+         password_env = \"WEB_WRONG_PW\"\ntls = \"insecure\"\n"
+    ));
     std::fs::write(&file, toml).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.env("WEB_SHADOW_PW", freerdp::PASSWORD)
@@ -163,7 +173,7 @@ fn shadow_server_picture_and_its_changes_show_on_the_canvas() {
 }
 
 #[test]
-fn wrong_password_shows_its_reason_on_the_page() {
+fn wrong_password_and_unreachable_host_show_their_reasons_on_the_page() {
     let _turn = serial();
     let server = ShadowServer::start(800, 600);
     let (gw, _dir) = gateway_for(&server);
@@ -180,6 +190,18 @@ fn wrong_password_shows_its_reason_on_the_page() {
     );
     let reason = b.stats()["reason"].as_str().unwrap().to_owned();
     assert_eq!(shown, format!("disconnected: {reason}"));
+
+    // An unreachable host, in the same browser: its reason shows too.
+    b.navigate(&format!("http://{}/?target=closed", gw.addr));
+    b.wait_for(
+        "rdpwire.stats().state === 'disconnected'",
+        Duration::from_secs(20),
+    );
+    let shown = b.status_text();
+    assert!(
+        shown.starts_with("disconnected: cannot reach 127.0.0.1:"),
+        "{shown}"
+    );
 }
 
 /// Pixels of the canvas area `[x, y, w, h]` that are near white.
