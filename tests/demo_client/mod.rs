@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ironrdp_blocking::Framed;
-use ironrdp_connector::{ClientConnector, ConnectionOutcome, Credentials, DesktopSize, ServerName};
+use ironrdp_connector::{ClientConnector, ConnectionOutcome, DesktopSize, ServerName};
 use ironrdp_core::{decode, decode_cursor, encode_vec, impl_as_any, ReadCursor};
 use ironrdp_dvc::{
     encode_dvc_messages, DrdynvcClient, DvcClientProcessor, DvcMessage, DvcProcessor,
@@ -22,13 +22,11 @@ use ironrdp_pdu::input::fast_path::{FastPathInput, FastPathInputEvent, KeyboardF
 use ironrdp_pdu::input::mouse::PointerFlags;
 use ironrdp_pdu::input::MousePdu;
 use ironrdp_pdu::mcs::McsMessage;
-use ironrdp_pdu::rdp::capability_sets::MajorPlatformType;
 use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::{Action, PduResult};
 use ironrdp_svc::{client_encode_svc_messages, ChannelFlags};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName as TlsName, UnixTime};
-use rustls::{ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName as TlsName;
+use rustls::{ClientConnection, StreamOwned};
 use x509_cert::der::Decode as _;
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
@@ -162,55 +160,6 @@ fn ack(frame_id: u32, decoded: u32) -> GfxPdu {
     })
 }
 
-/// Accepts any server certificate (the demo's is self-signed).
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &TlsName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 struct NoNetwork;
 
 impl ironrdp_connector::sspi::network_client::NetworkClient for NoNetwork {
@@ -234,57 +183,26 @@ pub struct Options {
     pub ack: bool,
 }
 
+/// The gateway's own connector configuration for this target; only NLA is switchable here,
+/// to test the demo's TLS-only path.
 fn config(o: &Options) -> ironrdp_connector::Config {
-    ironrdp_connector::Config {
-        desktop_size: DesktopSize {
+    let target = rdpwire::rdp::Target {
+        host: "127.0.0.1".to_owned(),
+        port: 0,
+        username: o.user.clone(),
+        password: o.pass.clone(),
+        domain: None,
+        tls: rdpwire::rdp::TlsPolicy::Insecure,
+    };
+    let mut c = rdpwire::rdp::connection::config(
+        &target,
+        DesktopSize {
             width: o.size.0,
             height: o.size.1,
         },
-        monitor_layout: None,
-        desktop_scale_factor: 0,
-        desktop_physical_size: None,
-        desktop_orientation: None,
-        device_scale_factor: None,
-        monitor_extended_layout: None,
-        relative_mouse_input: false,
-        enable_tls: true,
-        enable_credssp: o.nla,
-        enable_standard_rdp_security: false,
-        credentials: Credentials::UsernamePassword {
-            username: o.user.clone(),
-            password: o.pass.clone(),
-        },
-        domain: None,
-        client_build: 0,
-        client_name: "rdpwire-test".to_owned(),
-        keyboard_type: ironrdp_pdu::gcc::KeyboardType::IBM_ENHANCED,
-        keyboard_subtype: 0,
-        keyboard_functional_keys_count: 12,
-        keyboard_layout: 0,
-        connection_type: ironrdp_pdu::gcc::ConnectionType::Lan,
-        ime_file_name: String::new(),
-        bitmap: None,
-        dig_product_id: String::new(),
-        client_dir: String::new(),
-        alternate_shell: String::new(),
-        work_dir: String::new(),
-        remote_application_mode: false,
-        rail_support_level: ironrdp_pdu::rdp::capability_sets::RailSupportLevel::empty(),
-        platform: MajorPlatformType::UNIX,
-        hardware_id: None,
-        request_data: None,
-        autologon: false,
-        enable_audio_playback: false,
-        enable_audio_capture: false,
-        performance_flags: Default::default(),
-        license_cache: None,
-        timezone_info: Default::default(),
-        compression_type: None,
-        enable_server_pointer: false,
-        pointer_software_rendering: true,
-        multitransport_flags: None,
-        support_dyn_vc_gfx_protocol: true,
-    }
+    );
+    c.enable_credssp = o.nla;
+    c
 }
 
 /// A connected client, its reader thread running.
@@ -322,18 +240,10 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
         .map_err(|e| e.report().to_string())?;
     let tcp = framed.into_inner_no_leftover();
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    let conn = ClientConnection::new(
-        Arc::new(tls_config),
-        TlsName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
+    // The gateway's own "insecure" policy: the demo's certificate is self-signed.
+    let tls_config =
+        rdpwire::rdp::target::client_config(&rdpwire::rdp::TlsPolicy::Insecure).unwrap();
+    let conn = ClientConnection::new(tls_config, TlsName::try_from("localhost").unwrap()).unwrap();
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         tls.conn
