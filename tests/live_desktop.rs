@@ -171,6 +171,9 @@ fn demo_desktop_streams_h264_as_it_came_and_obeys_frame_acks() {
     );
     let m = gw.metrics();
     assert_eq!(m.get("rdpwire_sessions_active"), 1);
+    assert!(m.get("rdpwire_bytes_total{direction=\"server_in\"}") > 1000);
+    assert!(m.get("rdpwire_bytes_total{direction=\"server_out\"}") > 100);
+    assert!(m.get("rdpwire_bytes_total{direction=\"browser_out\"}") > 1000);
 }
 
 /// Access to the plain socket under the test client.

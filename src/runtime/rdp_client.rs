@@ -49,6 +49,9 @@ pub struct RdpClient {
     out_pos: usize,
     /// Written into TLS but not yet flushed to the socket.
     needs_flush: bool,
+    /// RDP payload bytes read and written since the last `take_byte_counts`.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl RdpClient {
@@ -126,6 +129,7 @@ impl RdpClient {
             self.flush().await?;
             match self.framed.read_pdu().await {
                 Ok((action, frame)) => {
+                    self.bytes_in += frame.len() as u64;
                     let received_at = self.framed.last_read_at();
                     self.session
                         .process(action, &frame, received_at, &mut self.out)?;
@@ -161,6 +165,14 @@ impl RdpClient {
         self.flush().await
     }
 
+    /// RDP payload bytes (inside TLS) read from and written to the server since the last call.
+    pub fn take_byte_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.bytes_in),
+            std::mem::take(&mut self.bytes_out),
+        )
+    }
+
     /// Asks for a new desktop size; `Ok(false)` when the server cannot resize (no display
     /// control channel), and the page scales instead.
     pub async fn resize(&mut self, width: u16, height: u16) -> Result<bool, RdpError> {
@@ -192,11 +204,13 @@ impl RdpClient {
             out,
             out_pos,
             needs_flush,
+            bytes_out,
             ..
         } = self;
         let (stream, _) = framed.get_inner_mut();
         while *out_pos < out.len() {
             let n = ready!(Pin::new(&mut *stream).poll_write(cx, &out[*out_pos..]))?;
+            *bytes_out += n as u64;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -342,6 +356,8 @@ async fn connect_inner(
         out: Vec::new(),
         out_pos: 0,
         needs_flush: false,
+        bytes_in: 0,
+        bytes_out: 0,
     })
 }
 

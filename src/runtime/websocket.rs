@@ -95,6 +95,11 @@ pub async fn run(
                 reason: format!("session {id}: output chunks not returned after writing"),
             };
         }
+        if let Some(client) = rdp.as_mut() {
+            let (read, written) = client.take_byte_counts();
+            counters.add_bytes(Direction::ServerIn, read as usize);
+            counters.add_bytes(Direction::ServerOut, written as usize);
+        }
         let take_rdp = session.wants_rdp();
         let event = futures_lite::future::or(
             futures_lite::future::or(async { Event::Browser(ws.next().await) }, async {
