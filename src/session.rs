@@ -10,9 +10,10 @@
 //!   the RDP socket fills and TCP holds the server back, and the server — which gets a frame
 //!   acknowledgement only when the page has applied the frame — slows down by itself.
 //!
-//! Graphics in codecs other than H.264 are decoded here, update by update, into lossless tiles
-//! (`rdp::tiles`); a session's decoder state (the ClearCodec caches) is created with its first
-//! such update and is the session's alone.
+//! Graphics in codecs other than H.264 are decoded here, update by update, into tiles
+//! (`rdp::tiles`; lossless but for RemoteFX, lossy as sent); a session's decoder state (the
+//! ClearCodec caches, the RemoteFX tile buffers) is created with its first such update and is
+//! the session's alone.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
