@@ -1796,6 +1796,29 @@ mod tests {
         }
     }
 
+    /// A corrupt tile that once overflowed the colour conversion (found by the proptest below;
+    /// kept as a plain test so no regression file is needed).
+    #[test]
+    fn remotefx_corrupt_tile_found_by_proptest_is_an_error_not_a_panic() {
+        let rgba = smooth(128, 128);
+        let region = [RfxRectangle {
+            x: 5,
+            y: 7,
+            width: 100,
+            height: 90,
+        }];
+        let mut data = rfx_message(&rgba, 128, &all_tiles(128, 128), &region, true);
+        let at = 45262 % data.len();
+        data[at] = 9;
+        let r = rect(0, 0, 6, 8);
+        let mut pixels = 0usize;
+        let _ = TileDecoder::new().decode(
+            &update(codec::REMOTEFX, r, SurfaceFormat::XRgb, &data),
+            |t| pixels += t.data.len() / 4,
+        );
+        assert!(pixels <= 6 * 8);
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(
