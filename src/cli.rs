@@ -57,6 +57,25 @@ pub fn command() -> Command {
                 .args(settings_args.clone()),
         )
         .subcommand(
+            Command::new("probe")
+                .about(
+                    "GET a path of a running gateway and exit 0 on 200 (container health checks)",
+                )
+                .arg(
+                    Arg::new("address")
+                        .long("address")
+                        .env("RDPWIRE_PROBE_ADDRESS")
+                        .default_value("127.0.0.1:8080")
+                        .help("host:port of the gateway"),
+                )
+                .arg(
+                    Arg::new("path")
+                        .long("path")
+                        .default_value("/healthz")
+                        .help("path to request"),
+                ),
+        )
+        .subcommand(
             Command::new("check-config")
                 .about("Validate the configuration and print the memory plan, then exit")
                 .arg(config_arg)

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     let Some((name, sub)) = matches.subcommand() else {
         return ExitCode::from(2);
     };
+    if name == "probe" {
+        return probe(sub);
+    }
     let settings: Settings = match cli::settings(sub) {
         Ok(s) => s,
         Err(err) => {
@@ -127,4 +130,42 @@ fn demo(mut settings: Settings) -> anyhow::Result<()> {
     })?;
     drop(server);
     Ok(())
+}
+
+/// One HTTP GET with a short timeout; the exit status says whether the answer was 200. Lets a
+/// container image without curl run a health check with the binary it already has.
+fn probe(m: &clap::ArgMatches) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let address = m
+        .get_one::<String>("address")
+        .map_or("127.0.0.1:8080", |s| s.as_str());
+    let path = m
+        .get_one::<String>("path")
+        .map_or("/healthz", |s| s.as_str());
+    let result = (|| -> std::io::Result<String> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n")?;
+        let mut reply = String::new();
+        s.take(4096).read_to_string(&mut reply)?;
+        Ok(reply)
+    })();
+    match result {
+        Ok(reply) if reply.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(reply) => {
+            eprintln!(
+                "rdpwire probe: {}",
+                reply.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("rdpwire probe: {address}{path}: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -507,3 +507,27 @@ fn mlock_beyond_the_memlock_limit_is_a_clear_start_up_error() {
     assert!(err.contains("Fix: raise the memlock limit"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn probe_reports_health_by_exit_status() {
+    let gw = Gateway::start(&["--cores", "1"]);
+    let run = |addr: &str, path: &str| {
+        Command::new(BIN)
+            .args(["probe", "--address", addr, "--path", path])
+            .output()
+            .unwrap()
+    };
+    let addr = gw.addr.to_string();
+    assert!(run(&addr, "/healthz").status.success());
+    let missing = run(&addr, "/nope");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let down = run(&closed, "/healthz");
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("refused"));
+}
