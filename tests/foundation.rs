@@ -531,3 +531,56 @@ fn probe_reports_health_by_exit_status() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("refused"));
 }
+
+/// A WebSocket upgrade carrying `Origin`, as a browser's would.
+fn ws_with_origin(gw: &Gateway, origin: &str) -> Result<(), (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("Origin", origin.parse().unwrap());
+    match tungstenite::connect(req) {
+        Ok(_) => Ok(()),
+        Err(tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap(),
+        )),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn only_allowed_origins_may_open_sessions() {
+    let gw = Gateway::start(&["--cores", "1"]);
+    let own = format!("http://{}", gw.addr);
+    assert_eq!(ws_with_origin(&gw, &own), Ok(()));
+    let (status, body) = ws_with_origin(&gw, "https://evil.example").unwrap_err();
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        "origin https://evil.example is not allowed to open sessions on this gateway\n"
+    );
+
+    let portal = Gateway::start(&[
+        "--cores",
+        "1",
+        "--allowed-origins",
+        "https://portal.example",
+    ]);
+    assert_eq!(ws_with_origin(&portal, "https://portal.example"), Ok(()));
+    assert_eq!(
+        ws_with_origin(&portal, &format!("http://{}", portal.addr))
+            .unwrap_err()
+            .0,
+        403
+    );
+    let m = portal.metrics();
+    assert_eq!(m.get("rdpwire_sessions_refused_total"), 0);
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--allowed-origins", "portal.example"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an origin"));
+}

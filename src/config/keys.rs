@@ -37,6 +37,8 @@ keys! {
         "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
     DEFAULT_TARGET: "server.default_target", "default-target", "RDPWIRE_DEFAULT_TARGET", None,
         "target opened by a page that names none (a [targets.NAME] of the file)";
+    ALLOWED_ORIGINS: "server.allowed_origins", "allowed-origins", "RDPWIRE_ALLOWED_ORIGINS", None,
+        "web origins that may open sessions, comma-separated (e.g. https://portal.example); default: the gateway's own origin only; * allows any";
     LOG_FORMAT: "server.log_format", "log-format", "RDPWIRE_LOG_FORMAT", Some("human"),
         "log format: human or json";
     MEMORY_BUDGET: "memory.budget", "memory-budget", "RDPWIRE_MEMORY_BUDGET", None,

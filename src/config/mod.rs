@@ -107,6 +107,8 @@ pub struct Settings {
     pub targets: BTreeMap<String, crate::rdp::Target>,
     /// The target for a page that names none.
     pub default_target: Option<String>,
+    /// Web origins that may open sessions; empty: same origin only.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Values given explicitly on the command line or in the environment, keyed by TOML name.
@@ -266,6 +268,9 @@ impl Layers {
                 None => BTreeMap::new(),
             },
             default_target: None,
+            allowed_origins: self
+                .get(ALLOWED_ORIGINS, parse::origins)?
+                .unwrap_or_default(),
         })
         .and_then(|mut s: Settings| {
             s.default_target = self.get(DEFAULT_TARGET, |v| Ok(v.to_owned()))?;
@@ -293,6 +298,17 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>
         }
         toml::Value::String(s) => {
             out.insert(prefix.to_owned(), s.clone());
+        }
+        // Lists become the comma-separated form the command line uses.
+        toml::Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(prefix.to_owned(), parts.join(","));
         }
         other => {
             out.insert(prefix.to_owned(), other.to_string());

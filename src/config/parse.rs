@@ -65,6 +65,28 @@ pub fn log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
+/// `scheme://host[:port]` entries, comma-separated, or `*`.
+pub fn origins(s: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = s
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for o in &list {
+        let valid = o == "*"
+            || (o.starts_with("http://") || o.starts_with("https://"))
+                && !o
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+        if !valid {
+            return Err(format!(
+                "{o:?} is not an origin; write scheme://host[:port], e.g. https://portal.example"
+            ));
+        }
+    }
+    Ok(list)
+}
+
 /// Linux clamps socket buffers below about 4 KiB; a value under that would be budgeted wrongly.
 pub fn socket_buffer(s: &str) -> Result<usize, String> {
     size(s, 4096, 64 << 20)

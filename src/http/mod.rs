@@ -1,6 +1,7 @@
 //! The HTTP/1.1 surface, sans-IO: bytes of a request head in, a routing decision and response
 //! bytes out. The runtime shell does the reading, writing and timing.
 
+pub mod origin;
 pub mod request;
 pub mod response;
 pub mod route;

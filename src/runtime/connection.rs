@@ -152,6 +152,12 @@ async fn upgrade(
             return;
         }
     };
+    if let Err(why) = crate::http::origin::check(head, &core.settings.allowed_origins) {
+        CoreCounters::inc(&core.counters.http_rejected);
+        info!(%peer, reason = %why, "upgrade refused");
+        respond_and_close(stream, &Response::text(403, &why), false).await;
+        return;
+    }
     if core.telemetry.is_draining() {
         CoreCounters::inc(&core.counters.sessions_refused);
         let r = Response::unavailable(
