@@ -33,7 +33,7 @@ keys! {
         "time a client has to send a complete HTTP request head";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
-    WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("64KiB"),
+    WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("8KiB"),
         "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
     DEFAULT_TARGET: "server.default_target", "default-target", "RDPWIRE_DEFAULT_TARGET", None,
         "target opened by a page that names none (a [targets.NAME] of the file)";
