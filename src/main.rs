@@ -1,4 +1,5 @@
 //! `rdpwire` binary: parses the command line, sets up logging, runs a subcommand.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
