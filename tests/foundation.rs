@@ -584,3 +584,29 @@ fn only_allowed_origins_may_open_sessions() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an origin"));
 }
+
+#[test]
+fn a_silent_browser_is_closed_after_the_idle_timeout() {
+    let gw = Gateway::start(&["--cores", "1", "--idle-timeout", "600ms"]);
+    let mut silent = gw.ws().unwrap();
+    let mut talking = gw.ws().unwrap();
+    silent.hello();
+    talking.hello();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        talking.ping(n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, reason) = silent.expect_close();
+    assert_eq!(code, 4001, "{reason}");
+    assert!(
+        reason.ends_with("no message from the browser for 600ms"),
+        "{reason}"
+    );
+    talking.ping(999);
+    assert!(eventually(Duration::from_secs(5), || {
+        gw.metrics().get("rdpwire_sessions_active") == 1
+    }));
+}

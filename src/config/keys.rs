@@ -31,6 +31,8 @@ keys! {
         "how long running sessions may continue after SIGTERM";
     HTTP_TIMEOUT: "server.http_timeout", "http-timeout", "RDPWIRE_HTTP_TIMEOUT", Some("10s"),
         "time a client has to send a complete HTTP request head";
+    IDLE_TIMEOUT: "server.idle_timeout", "idle-timeout", "RDPWIRE_IDLE_TIMEOUT", Some("60s"),
+        "a session whose browser sends nothing for this long is closed (the page pings every 2 s)";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
     WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("8KiB"),

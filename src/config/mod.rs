@@ -93,6 +93,8 @@ pub struct Settings {
     pub cores: Option<usize>,
     pub drain_timeout: Duration,
     pub http_timeout: Duration,
+    /// Silence from a browser after which its session is closed.
+    pub idle_timeout: Duration,
     pub max_pending_http: usize,
     pub ws_max_message: usize,
     pub log_format: LogFormat,
@@ -241,6 +243,13 @@ impl Layers {
             })?,
             http_timeout: self.req(HTTP_TIMEOUT, |s| {
                 duration(s, Duration::from_millis(100), Duration::from_secs(300))
+            })?,
+            idle_timeout: self.req(IDLE_TIMEOUT, |s| {
+                duration(
+                    s,
+                    Duration::from_millis(100),
+                    Duration::from_secs(24 * 3600),
+                )
             })?,
             max_pending_http: self.req(MAX_PENDING_HTTP, |s| count(s, 1, 65536))?,
             ws_max_message: self.req(WS_MAX_MESSAGE, |s| size(s, 1024, 16 << 20))?,

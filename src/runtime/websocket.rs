@@ -29,11 +29,14 @@ use super::rdp_client::{ConnectStep, RdpClient};
 const MAX_CLOSE_REASON: usize = 123;
 /// Close code for "the RDP session ended"; the reason came first in a Disconnected message.
 const CLOSE_RDP_ENDED: u16 = 4000;
+/// Close code for "the browser sent nothing for the idle timeout".
+const CLOSE_IDLE: u16 = 4001;
 
 enum Event {
     Browser(Option<Result<Message, tungstenite::Error>>),
     Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
+    Idle,
 }
 
 /// Why the session ended, for the log and the close frame.
@@ -69,6 +72,8 @@ pub async fn run(
     let id = session.id();
     info!(session = id, cpu = core.cpu, %peer, "session started");
     let mut rdp: Option<RdpClient> = None;
+    let idle_timeout = core.settings.idle_timeout;
+    let mut last_heard = std::time::Instant::now();
 
     let end = loop {
         if let Err(end) = flush(&mut ws, &mut session, &counters).await {
@@ -108,15 +113,31 @@ pub async fn run(
                     _ => std::future::pending().await,
                 }
             }),
-            async {
-                core.shutdown.wait().await;
-                Event::Shutdown
-            },
+            futures_lite::future::or(
+                async {
+                    core.shutdown.wait().await;
+                    Event::Shutdown
+                },
+                async {
+                    // One timer per wait, firing only at the deadline: an idle session costs
+                    // no wake-ups.
+                    let left = idle_timeout.saturating_sub(last_heard.elapsed());
+                    glommio::timer::sleep(left).await;
+                    Event::Idle
+                },
+            ),
         )
         .await;
         match event {
             Event::Shutdown => {
                 break close(&mut ws, 1001, "gateway is shutting down".to_owned()).await;
+            }
+            Event::Idle => {
+                let reason = format!(
+                    "session {id}: no message from the browser for {}",
+                    humantime::format_duration(idle_timeout)
+                );
+                break close(&mut ws, CLOSE_IDLE, reason).await;
             }
             Event::Rdp(Ok(ev)) => session.on_rdp_event(&ev),
             Event::Rdp(Err(err)) => session.on_rdp_end(&err.to_string()),
@@ -127,6 +148,7 @@ pub async fn run(
                 }
             }
             Event::Browser(Some(Ok(msg))) => {
+                last_heard = std::time::Instant::now();
                 counters.add_bytes(Direction::BrowserIn, msg.len());
                 let res = match msg {
                     Message::Binary(b) => session.handle_binary(&b),
