@@ -327,6 +327,22 @@ struct GfxState {
     stats: StreamStats,
 }
 
+impl GfxState {
+    /// Before the graphics channel opens: no encoder, no surface, nothing sent.
+    fn new() -> Self {
+        GfxState {
+            encoder: None,
+            surface: None,
+            frame: 0,
+            suppressed: false,
+            backpressured: false,
+            warned_no_gfx: false,
+            warned_no_avc: false,
+            stats: StreamStats::new(),
+        }
+    }
+}
+
 /// Per-session stream statistics, logged every [`STATS_EVERY`].
 struct StreamStats {
     since: Instant,
@@ -401,16 +417,7 @@ impl<'a> Session<'a> {
             drdynvc_id,
             desktop: Desktop::new(size.0, size.1),
             input: InputMapper::default(),
-            gfx: GfxState {
-                encoder: None,
-                surface: None,
-                frame: 0,
-                suppressed: false,
-                backpressured: false,
-                warned_no_gfx: false,
-                warned_no_avc: false,
-                stats: StreamStats::new(),
-            },
+            gfx: GfxState::new(),
             started: Instant::now(),
             shared,
         };
@@ -793,19 +800,6 @@ mod tests {
         }
     }
 
-    fn gfx_state() -> GfxState {
-        GfxState {
-            encoder: None,
-            surface: None,
-            frame: 0,
-            suppressed: false,
-            backpressured: false,
-            warned_no_gfx: false,
-            warned_no_avc: false,
-            stats: StreamStats::new(),
-        }
-    }
-
     fn ready_server(caps: CapabilitySet) -> GraphicsPipelineServer {
         let mut server = GraphicsPipelineServer::new(Box::new(Quiet));
         server.start(7).unwrap();
@@ -834,7 +828,7 @@ mod tests {
     #[test]
     fn frames_stop_at_the_ack_window_and_resume_on_ack() {
         let mut server = ready_server(avc420());
-        let mut gfx = gfx_state();
+        let mut gfx = GfxState::new();
         let mut desktop = Desktop::new(320, 200);
         let t = Duration::from_millis(40);
 
@@ -873,7 +867,7 @@ mod tests {
         let mut server = ready_server(avc420());
         let mut gfx = GfxState {
             suppressed: true,
-            ..gfx_state()
+            ..GfxState::new()
         };
         let mut desktop = Desktop::new(320, 200);
         assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
@@ -884,7 +878,7 @@ mod tests {
             flags: ironrdp_egfx::pdu::CapabilitiesV8Flags::SMALL_CACHE,
         };
         let mut server = ready_server(v8);
-        let mut gfx = gfx_state();
+        let mut gfx = GfxState::new();
         assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
         assert!(gfx.warned_no_avc);
     }
@@ -892,7 +886,7 @@ mod tests {
     #[test]
     fn a_capabilities_re_advertise_recreates_the_surface_with_a_key_frame() {
         let mut server = ready_server(avc420());
-        let mut gfx = gfx_state();
+        let mut gfx = GfxState::new();
         let mut desktop = Desktop::new(320, 200);
         assert!(produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
         server.drain_output();
