@@ -464,16 +464,6 @@ fn seccomp_exec_helper() {
     panic!("exec failed: {err}");
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 #[test]
 fn prefault_makes_the_arena_resident_at_start() {
     let args = ["--cores", "1", "--memory-budget", "64MiB"];
@@ -483,7 +473,10 @@ fn prefault_makes_the_arena_resident_at_start() {
     let eager = Gateway::start(&with);
     let arena = (plan(&args)["max_sessions"].as_u64().unwrap())
         * plan(&args)["per_session"]["pools"].as_u64().unwrap();
-    let (l, e) = (rss_bytes(lazy.child.id()), rss_bytes(eager.child.id()));
+    let (l, e) = (
+        support::proc_status_bytes(lazy.child.id(), "VmRSS"),
+        support::proc_status_bytes(eager.child.id(), "VmRSS"),
+    );
     assert!(e >= l + arena * 9 / 10, "lazy {l} eager {e} arena {arena}");
 }
 

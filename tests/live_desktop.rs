@@ -313,13 +313,7 @@ fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, TempDir) {
 /// pages (the binary's code, faulted in as new code paths run) are left out: they are shared
 /// and reclaimable, and they do not grow with sessions.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    support::proc_status_bytes(pid, "RssAnon")
 }
 
 #[test]

@@ -261,6 +261,18 @@ impl Metrics {
     }
 }
 
+/// A memory figure of process `pid` from `/proc/<pid>/status`, in bytes: `VmRSS` (all
+/// resident memory) or `RssAnon` (heap, stacks, arenas; not the binary's code pages).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        * 1024
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
