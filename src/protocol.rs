@@ -41,6 +41,9 @@ pub mod types {
     pub const POINTER: u8 = 0x1c;
     pub const TILE: u8 = 0x1d;
     pub const TILE_ALPHA: u8 = 0x1e;
+    pub const AUDIO_START: u8 = 0x20;
+    pub const AUDIO_PACKET: u8 = 0x21;
+    pub const AUDIO_STOP: u8 = 0x22;
     pub const PING: u8 = 0x81;
     pub const CLIENT_HELLO: u8 = 0x82;
     pub const FRAME_DECODED: u8 = 0x83;
@@ -50,7 +53,13 @@ pub mod types {
     pub const KEY: u8 = 0x87;
     pub const UNICODE: u8 = 0x88;
     pub const RESIZE: u8 = 0x89;
+    pub const AUDIO_BUFFER: u8 = 0x8a;
 }
+
+/// Audio codecs the page decodes; only Opus so far.
+pub const AUDIO_CODEC_OPUS: u8 = 1;
+/// The page's playback buffer depth it may report; more is out of range.
+pub const MAX_AUDIO_BUFFER_MS: u16 = 10_000;
 
 /// Session states shown on the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +179,23 @@ pub enum ToBrowser<'a> {
         rect: Rect,
         alpha: Cow<'a, [u8]>,
     },
+    /// A new audio stream: the page configures its decoder with these.
+    AudioStart {
+        codec: u8,
+        sample_rate: u32,
+        channels: u8,
+    },
+    /// One encoded packet (one Opus packet) of the current stream.
+    AudioPacket {
+        /// Stream position of the packet's first sample, in microseconds.
+        timestamp_us: u64,
+        duration_us: u32,
+        /// Packets of this session the gateway has dropped so far (the page fell behind).
+        dropped: u32,
+        data: Cow<'a, [u8]>,
+    },
+    /// The server stopped its audio stream; the page plays out what it holds.
+    AudioStop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +221,10 @@ pub enum FromBrowser {
     Resize {
         width: u16,
         height: u16,
+    },
+    /// Audio the page holds but has not played yet, so the server learns the real delay.
+    AudioBuffer {
+        buffer_ms: u16,
     },
 }
 
@@ -287,6 +317,9 @@ impl ToBrowser<'_> {
             ToBrowser::Pointer(_) => POINTER,
             ToBrowser::Tile { .. } => TILE,
             ToBrowser::TileAlpha { .. } => TILE_ALPHA,
+            ToBrowser::AudioStart { .. } => AUDIO_START,
+            ToBrowser::AudioPacket { .. } => AUDIO_PACKET,
+            ToBrowser::AudioStop => AUDIO_STOP,
         }
     }
 
@@ -423,6 +456,27 @@ impl ToBrowser<'_> {
                 w.rect(rect);
                 w.put(pixels);
             }
+            ToBrowser::AudioStart {
+                codec,
+                sample_rate,
+                channels,
+            } => {
+                w.u8(*codec);
+                w.u32(*sample_rate);
+                w.u8(*channels);
+            }
+            ToBrowser::AudioPacket {
+                timestamp_us,
+                duration_us,
+                dropped,
+                data,
+            } => {
+                w.u64(*timestamp_us);
+                w.u32(*duration_us);
+                w.u32(*dropped);
+                w.put(data);
+            }
+            ToBrowser::AudioStop => {}
         }
         w.at
     }
@@ -559,6 +613,18 @@ impl ToBrowser<'_> {
                     alpha: Cow::Borrowed(r.pixels(&rect, 1, "alpha")?),
                 }
             }
+            AUDIO_START => ToBrowser::AudioStart {
+                codec: r.u8()?,
+                sample_rate: r.u32()?,
+                channels: r.u8()?,
+            },
+            AUDIO_PACKET => ToBrowser::AudioPacket {
+                timestamp_us: r.u64()?,
+                duration_us: r.u32()?,
+                dropped: r.u32()?,
+                data: Cow::Borrowed(r.rest()),
+            },
+            AUDIO_STOP => ToBrowser::AudioStop,
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.end()?;
@@ -602,6 +668,10 @@ impl FromBrowser {
             FromBrowser::Resize { width, height } => {
                 v.push(RESIZE);
                 u16s(&mut v, &[*width, *height]);
+            }
+            FromBrowser::AudioBuffer { buffer_ms } => {
+                v.push(AUDIO_BUFFER);
+                u16s(&mut v, &[*buffer_ms]);
             }
             FromBrowser::Input(e) => match *e {
                 InputEvent::MouseMove { x, y } => {
@@ -707,6 +777,16 @@ impl FromBrowser {
                 width: r.desktop_dim("width")?,
                 height: r.desktop_dim("height")?,
             },
+            AUDIO_BUFFER => {
+                let buffer_ms = r.u16()?;
+                if buffer_ms > MAX_AUDIO_BUFFER_MS {
+                    return Err(r.field(
+                        "buffer_ms",
+                        format!("{buffer_ms} is above {MAX_AUDIO_BUFFER_MS}"),
+                    ));
+                }
+                FromBrowser::AudioBuffer { buffer_ms }
+            }
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.end()?;

@@ -245,6 +245,8 @@ impl Session {
                 }
                 Ok(())
             }
+            // Filled in with the audio path: the depth feeds the server's wave confirmations.
+            FromBrowser::AudioBuffer { .. } => Ok(()),
             FromBrowser::Input(e) => {
                 // Input before the desktop is there has nowhere to go; it is dropped.
                 if self.phase == Phase::Active {
