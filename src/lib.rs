@@ -1,6 +1,7 @@
 //! rdpwire: a web gateway for remote desktops. See `docs/architecture.md` for the codemap.
 #![forbid(unsafe_code)]
 
+pub mod audio;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -13,3 +14,8 @@ pub mod session;
 pub mod sizing;
 pub mod telemetry;
 pub mod web;
+
+/// Tone analysis shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/tone.rs"]
+mod test_tone;
