@@ -18,10 +18,13 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
+use std::rc::Rc;
+
 use arena::{FrameChunk, SessionShare, Slot};
 
 use tracing::warn;
 
+use crate::audio::{AudioCounts, AudioPipeline, AudioSettings, AudioSink};
 use crate::protocol::{FromBrowser, Pointer, ProtocolError, State, ToBrowser};
 use crate::rdp::egfx::SurfaceFormat;
 use crate::rdp::tiles::{Tile, TileKind, Update};
@@ -101,7 +104,7 @@ impl SessionError {
 }
 
 pub struct Session {
-    share: SessionShare,
+    share: Rc<SessionShare>,
     id: u64,
     core: u16,
     max_message: u32,
@@ -116,6 +119,8 @@ pub struct Session {
     bytes_in_flight: usize,
     /// Decodes updates in codecs other than H.264; created with the first one.
     tiles: Option<TileDecoder>,
+    /// The session's sound, when the gateway plays audio; shared with the RDP audio channel.
+    audio: Option<AudioSink>,
 }
 
 impl Session {
@@ -124,7 +129,7 @@ impl Session {
     pub fn start(share: SessionShare, core: u16, max_message: u32) -> Self {
         let id = (u64::from(core) << 48) | (share.id() & 0xffff_ffff_ffff);
         let mut s = Session {
-            share,
+            share: Rc::new(share),
             id,
             core,
             max_message,
@@ -135,6 +140,7 @@ impl Session {
             frame_bytes: 0,
             bytes_in_flight: 0,
             tiles: None,
+            audio: None,
         };
         let hello = ToBrowser::ServerHello {
             session_id: id,
@@ -144,6 +150,33 @@ impl Session {
         // A fresh share has its whole quota free, so the hello always fits.
         let _ = s.queue(&hello);
         s
+    }
+
+    /// Plays the server's sound with these settings: the pipeline takes its buffers from this
+    /// session's share of the audio pool.
+    #[must_use]
+    pub fn with_audio(mut self, settings: AudioSettings) -> Self {
+        if settings.enabled {
+            self.audio = Some(AudioSink::new(AudioPipeline::new(
+                self.share.clone(),
+                self.id,
+                settings,
+            )));
+        }
+        self
+    }
+
+    /// The sink the RDP audio channel fills, if the session plays sound.
+    pub fn audio_sink(&self) -> Option<AudioSink> {
+        self.audio.clone()
+    }
+
+    /// Audio counts since the last call, for the metrics.
+    pub fn take_audio_counts(&mut self) -> AudioCounts {
+        self.audio
+            .as_ref()
+            .and_then(|a| a.with(AudioPipeline::take_counts))
+            .unwrap_or_default()
     }
 
     pub fn id(&self) -> u64 {
@@ -170,10 +203,15 @@ impl Session {
     /// True when the session can take another RDP event (the first one, `Connected`, arrives
     /// while it is still connecting).
     pub fn wants_rdp(&self) -> bool {
-        matches!(self.phase, Phase::Connecting | Phase::Active)
-            && self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
+        matches!(self.phase, Phase::Connecting | Phase::Active) && self.wants_input()
+    }
+
+    /// True while the page may be sent another frame: fewer than [`MAX_FRAMES_IN_FLIGHT`]
+    /// unanswered, and their bytes within the share. While false the shell reads the server
+    /// only up to the next graphics event, so sound and pointer updates keep flowing.
+    pub fn wants_graphics(&self) -> bool {
+        self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
             && self.bytes_in_flight < self.bytes_budget()
-            && self.wants_input()
     }
 
     /// Graphics bytes that may be unanswered by the page: the session's frame-chunk share.
@@ -245,8 +283,12 @@ impl Session {
                 }
                 Ok(())
             }
-            // Filled in with the audio path: the depth feeds the server's wave confirmations.
-            FromBrowser::AudioBuffer { .. } => Ok(()),
+            FromBrowser::AudioBuffer { buffer_ms } => {
+                if let Some(a) = &self.audio {
+                    let _ = a.with(|p| p.set_browser_buffer(buffer_ms));
+                }
+                Ok(())
+            }
             FromBrowser::Input(e) => {
                 // Input before the desktop is there has nowhere to go; it is dropped.
                 if self.phase == Phase::Active {
@@ -311,6 +353,8 @@ impl Session {
                 self.push_large(&msg);
             }
             RdpEvent::Disconnected { reason } => self.on_rdp_end(reason),
+            // The sound is already in the sink; `transmit_next` sends it first.
+            RdpEvent::Audio => {}
         }
     }
 
@@ -449,8 +493,31 @@ impl Session {
     }
 
     /// The next message to write, if any. Dropping it returns its chunk to the share.
+    /// Sound is not in here: see [`Session::transmit_next`].
     pub fn poll_transmit(&mut self) -> Option<Outbound> {
         self.out.pop_front()
+    }
+
+    /// Lends the next message to write to `send`: sound first (small, and late sound is
+    /// useless), then everything else in order.
+    pub fn transmit_next<R>(&mut self, send: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        if let Some(a) = &self.audio {
+            if a.with(|p| p.has_output()).unwrap_or(false) {
+                return a.with(|p| p.next_message(send)).flatten();
+            }
+        }
+        let out = self.out.pop_front()?;
+        Some(send(out.bytes()))
+    }
+
+    /// True when something waits to be written to the page.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+            || self
+                .audio
+                .as_ref()
+                .and_then(|a| a.with(|p| p.has_output()))
+                .unwrap_or(false)
     }
 
     pub fn queued(&self) -> usize {
@@ -614,9 +681,11 @@ mod tests {
             s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: id }));
             drain(&mut s);
         }
-        // The page has applied none: no ack went out and no more RDP events are taken.
+        // The page has applied none: no ack went out and no more graphics are taken (the
+        // server is still read for sound and pointer updates).
         assert_eq!(s.poll_action(), None);
-        assert!(!s.wants_rdp());
+        assert!(!s.wants_graphics());
+        assert!(s.wants_rdp());
         let decoded = FromBrowser::FrameDecoded {
             frame_id: 2,
             frames_decoded: 2,
@@ -631,7 +700,7 @@ mod tests {
             })
         );
         assert_eq!(s.frames_in_flight(), 2);
-        assert!(s.wants_rdp());
+        assert!(s.wants_graphics());
         let bogus = FromBrowser::FrameDecoded {
             frame_id: 99,
             frames_decoded: 3,
@@ -661,7 +730,7 @@ mod tests {
         s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 1 }));
         drain(&mut s);
         assert!(s.bytes_in_flight() > 1024);
-        assert!(!s.wants_rdp(), "one frame over the budget stops the stream");
+        assert!(!s.wants_graphics(), "one frame over the budget stops the stream");
         let decoded = FromBrowser::FrameDecoded {
             frame_id: 1,
             frames_decoded: 1,
@@ -669,7 +738,7 @@ mod tests {
         };
         s.handle_binary(&decoded.encode()).unwrap();
         assert_eq!(s.bytes_in_flight(), 0);
-        assert!(s.wants_rdp());
+        assert!(s.wants_graphics());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub const SESSION_STATE: u64 = 16 << 10;
 /// connection state (128 KiB together).
 pub const RDP_STATE: u64 = 2_500_000 + (128 << 10);
 
+/// Sound, on the heap: libopus' stereo encoder (`opus_encoder_get_size(2)` = 48,684 bytes)
+/// and the 44.1 → 48 kHz FFT resampler's plan and buffers (49,274 bytes measured with a
+/// counting allocator), created when the server starts a stream. Every audio *buffer* is in
+/// the audio pool; this is codec state only.
+pub const AUDIO_STATE: u64 = 100 << 10;
+
 /// Linux doubles the requested SO_SNDBUF/SO_RCVBUF to account for its own bookkeeping.
 pub const KERNEL_SOCKBUF_FACTOR: u64 = 2;
 
@@ -58,6 +64,8 @@ pub struct Inputs {
     pub sockets: SocketBuffers,
     pub max_pending_http: usize,
     pub ws_max_message: usize,
+    /// Sessions play sound (`audio.enabled`).
+    pub audio: bool,
 }
 
 /// The budget split into its parts, for the start-up log, `check-config` and `/metrics`.
@@ -90,6 +98,8 @@ pub struct PerSession {
     pub state: u64,
     /// The RDP connection's protocol state (ZGFX history, TLS, framing).
     pub rdp: u64,
+    /// Codec state for sound ([`AUDIO_STATE`]); 0 with audio off.
+    pub audio: u64,
 }
 
 impl Base {
@@ -100,7 +110,7 @@ impl Base {
 
 impl PerSession {
     pub fn total(&self) -> u64 {
-        self.pools + self.kernel_sockets + self.websocket + self.state + self.rdp
+        self.pools + self.kernel_sockets + self.websocket + self.state + self.rdp + self.audio
     }
 }
 
@@ -137,6 +147,7 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         websocket: (i.ws_max_message + WS_READ_BUFFER) as u64 + ws_write_reserve(&i.pools),
         state: SESSION_STATE + slots_per_session(&i.pools) * SLOT_METADATA,
         rdp: RDP_STATE,
+        audio: if i.audio { AUDIO_STATE } else { 0 },
     };
     let base = Base {
         process: PROCESS_BASE,
@@ -206,6 +217,7 @@ mod tests {
             sockets: s.sockets,
             max_pending_http: s.max_pending_http,
             ws_max_message: s.ws_max_message,
+            audio: s.audio.enabled,
         }
     }
 

@@ -52,6 +52,12 @@ pub struct CoreCounters {
     pub http_requests: AtomicU64,
     pub http_rejected: AtomicU64,
     pub ws_oversize_closes: AtomicU64,
+    /// Waves from RDP servers.
+    pub audio_from_server: AtomicU64,
+    /// Opus packets written towards pages.
+    pub audio_to_browser: AtomicU64,
+    /// Packets dropped because a page did not take them in time.
+    pub audio_dropped: AtomicU64,
     bytes: [AtomicU64; 4],
 }
 
@@ -62,6 +68,10 @@ impl CoreCounters {
 
     pub fn bytes(&self, dir: Direction) -> u64 {
         self.bytes[dir as usize].load(Relaxed)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
     }
 
     pub fn inc(counter: &AtomicU64) {
@@ -260,6 +270,27 @@ impl Telemetry {
             "counter",
             "Sessions closed with 1009 for an oversize browser message.",
             &one(self.sum(|c| c.ws_oversize_closes.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_audio_packets_total",
+            "counter",
+            "Audio packets: waves received from RDP servers, Opus packets written to pages.",
+            &[
+                (
+                    "{direction=\"from_server\"}".to_owned(),
+                    self.sum(|c| c.audio_from_server.load(Relaxed)),
+                ),
+                (
+                    "{direction=\"to_browser\"}".to_owned(),
+                    self.sum(|c| c.audio_to_browser.load(Relaxed)),
+                ),
+            ],
+        );
+        metric(
+            "rdpwire_audio_dropped_total",
+            "counter",
+            "Audio packets dropped because a page did not read them in time (oldest first).",
+            &one(self.sum(|c| c.audio_dropped.load(Relaxed))),
         );
         let bytes: Vec<(String, u64)> = Direction::ALL
             .iter()

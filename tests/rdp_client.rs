@@ -63,7 +63,7 @@ fn target(port: u16, password: &str, tls: TlsPolicy) -> Target {
 /// The next event, or `None` after `limit` (which also cancels `next_event` mid-read: it must
 /// be cancel-safe).
 async fn next(c: &mut RdpClient, limit: Duration) -> Option<RdpEvent> {
-    futures_lite::future::or(async { Some(c.next_event().await.unwrap()) }, async {
+    futures_lite::future::or(async { Some(c.next_event(true).await.unwrap()) }, async {
         glommio::timer::sleep(limit).await;
         None
     })
@@ -163,7 +163,7 @@ fn streams_avc420_from_freerdp_shadow() {
         .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", server.log_text()));
         let connect_ms = t0.elapsed().as_millis();
         assert_eq!(
-            c.next_event().await.unwrap(),
+            c.next_event(true).await.unwrap(),
             RdpEvent::Connected {
                 width: 1280,
                 height: 720
@@ -422,7 +422,7 @@ fn failures_are_sentences() {
         by_name.host = "localhost".into();
         let mut c = RdpClient::connect(&by_name, size, &s).await.unwrap();
         assert!(matches!(
-            c.next_event().await.unwrap(),
+            c.next_event(true).await.unwrap(),
             RdpEvent::Connected { .. }
         ));
     });

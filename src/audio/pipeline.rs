@@ -11,7 +11,7 @@ use super::{AudioError, AudioQueue, AudioSettings, Input, PcmEncoder, MAX_PACKET
 use crate::protocol::{ToBrowser, AUDIO_CODEC_OPUS};
 
 enum Stream {
-    Pcm(PcmEncoder),
+    Pcm(Box<PcmEncoder>),
     Opus { channels: u16, position_us: u64 },
 }
 
@@ -179,13 +179,13 @@ impl AudioPipeline {
         self.stream = None;
         let (stream, channels) = match input {
             Input::Pcm { rate, channels } => (
-                Stream::Pcm(PcmEncoder::new(
+                Stream::Pcm(Box::new(PcmEncoder::new(
                     &self.share,
                     self.session,
                     &self.settings,
                     rate,
                     channels,
-                )?),
+                )?)),
                 super::OUTPUT_CHANNELS,
             ),
             Input::Opus { channels } => (
@@ -286,8 +286,10 @@ mod tests {
         out
     }
 
+    type Packets = Vec<(u64, u32, u32, Vec<u8>)>;
+
     /// Everything the page would get: (AudioStart channels, packets, AudioStop seen).
-    fn drain(p: &mut AudioPipeline) -> (Vec<u8>, Vec<(u64, u32, u32, Vec<u8>)>, bool) {
+    fn drain(p: &mut AudioPipeline) -> (Vec<u8>, Packets, bool) {
         let mut starts = Vec::new();
         let mut packets = Vec::new();
         let mut stopped = false;
@@ -325,12 +327,7 @@ mod tests {
         left
     }
 
-    fn play(
-        rate: u32,
-        channels: u16,
-        frame_ms: u64,
-        wave_ms: u64,
-    ) -> (Vec<u8>, Vec<(u64, u32, u32, Vec<u8>)>) {
+    fn play(rate: u32, channels: u16, frame_ms: u64, wave_ms: u64) -> (Vec<u8>, Packets) {
         let a = arena();
         let share = Rc::new(a.admit().unwrap());
         let settings = AudioSettings {

@@ -65,6 +65,14 @@ keys! {
         "size of one audio buffer slot";
     AUDIO_BUFS: "memory.audio_bufs", "audio-bufs", "RDPWIRE_AUDIO_BUFS", Some("8"),
         "audio buffer slots per session";
+    AUDIO: "audio.enabled", "audio", "RDPWIRE_AUDIO", Some("true"),
+        "open the server's audio output channel and stream its sound to the page";
+    AUDIO_BITRATE: "audio.bitrate", "audio-bitrate", "RDPWIRE_AUDIO_BITRATE", Some("64000"),
+        "Opus bit rate, bits per second, for PCM the gateway encodes (6000-510000)";
+    AUDIO_FRAME: "audio.frame", "audio-frame", "RDPWIRE_AUDIO_FRAME", Some("20ms"),
+        "Opus packet length: 20ms, or 10ms for lower delay at a higher bit rate overhead";
+    AUDIO_MAX_QUEUE: "audio.max_queue", "audio-max-queue", "RDPWIRE_AUDIO_MAX_QUEUE", Some("200ms"),
+        "most sound that may wait for a slow page; older packets are dropped";
     BROWSER_SNDBUF: "memory.browser_sndbuf", "browser-sndbuf", "RDPWIRE_BROWSER_SNDBUF", Some("32KiB"),
         "SO_SNDBUF of browser sockets (the kernel doubles it; the doubled value is budgeted)";
     BROWSER_RCVBUF: "memory.browser_rcvbuf", "browser-rcvbuf", "RDPWIRE_BROWSER_RCVBUF", Some("8KiB"),

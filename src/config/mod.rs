@@ -111,6 +111,7 @@ pub struct Settings {
     pub default_target: Option<String>,
     /// Web origins that may open sessions; empty: same origin only.
     pub allowed_origins: Vec<String>,
+    pub audio: crate::audio::AudioSettings,
 }
 
 /// Values given explicitly on the command line or in the environment, keyed by TOML name.
@@ -280,6 +281,16 @@ impl Layers {
             allowed_origins: self
                 .get(ALLOWED_ORIGINS, parse::origins)?
                 .unwrap_or_default(),
+            audio: crate::audio::AudioSettings {
+                enabled: self.req(AUDIO, bool_value)?,
+                bitrate: self.req(AUDIO_BITRATE, |s| {
+                    count(s, 6_000, 510_000).map(|b| b as u32)
+                })?,
+                frame: self.req(AUDIO_FRAME, parse::audio_frame)?,
+                max_queue: self.req(AUDIO_MAX_QUEUE, |s| {
+                    duration(s, Duration::from_millis(20), Duration::from_secs(5))
+                })?,
+            },
         })
         .and_then(|mut s: Settings| {
             s.default_target = self.get(DEFAULT_TARGET, |v| Ok(v.to_owned()))?;

@@ -44,6 +44,16 @@ pub fn duration(s: &str, min: Duration, max: Duration) -> Result<Duration, Strin
     Ok(d)
 }
 
+/// Opus packet lengths the gateway encodes.
+pub fn audio_frame(s: &str) -> Result<Duration, String> {
+    let d = duration(s, Duration::from_millis(10), Duration::from_millis(20))?;
+    if d == Duration::from_millis(10) || d == Duration::from_millis(20) {
+        Ok(d)
+    } else {
+        Err("must be 10ms or 20ms".to_owned())
+    }
+}
+
 pub fn bool_value(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use ironrdp_connector::{ClientConnector, Config, ConnectorError, ConnectorErrorKind, Credentials};
 use ironrdp_displaycontrol::client::DisplayControlClient;
 use ironrdp_dvc::DrdynvcClient;
+
+use crate::audio::AudioSink;
 use ironrdp_pdu::gcc;
 use ironrdp_pdu::rdp::capability_sets::{MajorPlatformType, RailSupportLevel};
 use x509_cert::der::Decode as _;
@@ -96,13 +98,27 @@ pub fn config(target: &Target, size: DesktopSize) -> Config {
 }
 
 /// The connector for `target`, with the graphics pipeline and display control channels
-/// registered (the latter lets the page resize the remote desktop where the server allows).
-pub fn connector(target: &Target, size: DesktopSize, client_addr: SocketAddr) -> ClientConnector {
-    ClientConnector::new(config(target, size), client_addr).with_static_channel(
-        DrdynvcClient::new()
-            .with_dynamic_channel(GfxChannel::new())
-            .with_dynamic_channel(DisplayControlClient::new(|_| Ok(Vec::new()))),
-    )
+/// registered (the latter lets the page resize the remote desktop where the server allows),
+/// and, when the session plays sound, the audio output channels in both forms.
+pub fn connector(
+    target: &Target,
+    size: DesktopSize,
+    client_addr: SocketAddr,
+    audio: Option<(&AudioSink, u64)>,
+) -> ClientConnector {
+    let dvc = DrdynvcClient::new()
+        .with_dynamic_channel(GfxChannel::new())
+        .with_dynamic_channel(DisplayControlClient::new(|_| Ok(Vec::new())));
+    let connector = ClientConnector::new(config(target, size), client_addr);
+    match audio {
+        Some((sink, session)) => {
+            let (stat, dynamic) = super::audio::channels(sink, session);
+            connector
+                .with_static_channel(stat)
+                .with_static_channel(dvc.with_dynamic_channel(dynamic.channel()))
+        }
+        None => connector.with_static_channel(dvc),
+    }
 }
 
 /// The user name as the server sees it, for messages.

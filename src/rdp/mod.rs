@@ -7,6 +7,7 @@
 //! units untouched, pointer updates, and the session's start and end. Every error is one
 //! [`RdpError`] whose text is a sentence a user can act on.
 
+pub mod audio;
 pub mod connection;
 pub mod egfx;
 pub mod input;
@@ -38,6 +39,8 @@ pub enum RdpEvent {
     },
     Graphics(GfxEvent),
     Pointer(PointerEvent),
+    /// Sound arrived (or stopped) and waits in the session's audio sink.
+    Audio,
     /// The session is over; `reason` says why in words.
     Disconnected {
         reason: String,

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::egfx::GfxChannel;
 use super::input::InputEvent;
 use super::{PointerEvent, RdpError, RdpEvent};
+use crate::audio::AudioSink;
 
 /// Session-level events a single PDU can add (pointer updates, reactivation); the graphics
 /// events are bounded by the channel itself.
@@ -43,12 +44,14 @@ pub struct Session {
     events: VecDeque<RdpEvent>,
     ended: Option<String>,
     ended_reported: bool,
+    /// Where the audio channels put sound; watched to tell the shell when some arrived.
+    audio: Option<AudioSink>,
 }
 
 impl Session {
     /// The session after a completed connection sequence. Its first event is
     /// [`RdpEvent::Connected`].
-    pub fn new(host: &str, result: ConnectionResult) -> Session {
+    pub fn new(host: &str, result: ConnectionResult, audio: Option<AudioSink>) -> Session {
         let ConnectionResult {
             io_channel_id,
             user_channel_id,
@@ -102,6 +105,7 @@ impl Session {
             events,
             ended: None,
             ended_reported: false,
+            audio,
         }
     }
 
@@ -137,6 +141,31 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Like [`Session::next_event`], but graphics stay queued: used while the page holds as
+    /// many frames as it may, so that sound keeps flowing while the picture waits.
+    pub fn next_event_except_graphics(&mut self) -> Option<RdpEvent> {
+        if let Some(ev) = self.events.pop_front() {
+            return Some(ev);
+        }
+        if self.has_graphics() {
+            return None;
+        }
+        if !self.ended_reported {
+            if let Some(reason) = &self.ended {
+                self.ended_reported = true;
+                return Some(RdpEvent::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// True when graphics events wait to be taken.
+    pub fn has_graphics(&mut self) -> bool {
+        self.with_gfx(|g| g.queued().0 > 0).unwrap_or(false)
     }
 
     /// True when [`Session::next_event`] has something.
@@ -185,6 +214,14 @@ impl Session {
         };
         for output in outputs {
             self.handle_output(output, out)?;
+        }
+        let sound = self
+            .audio
+            .as_ref()
+            .and_then(|a| a.with(|p| p.take_news()))
+            .unwrap_or(false);
+        if sound && self.events.back() != Some(&RdpEvent::Audio) {
+            self.events.push_back(RdpEvent::Audio);
         }
         Ok(())
     }
@@ -556,7 +593,7 @@ mod tests {
             ),
             compression_type: None,
         };
-        Session::new("test-host", result)
+        Session::new("test-host", result, None)
     }
 
     fn dvc(pdu: DrdynvcServerPdu) -> Vec<u8> {

@@ -48,6 +48,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, RuntimeError> {
         sockets: settings.sockets,
         max_pending_http: settings.max_pending_http,
         ws_max_message: settings.ws_max_message,
+        audio: settings.audio.enabled,
     })?;
     Ok(Plan {
         cpus,
@@ -73,7 +74,7 @@ impl Plan {
             "executors: {} on CPUs {} (allowed: {})\n\
              memory budget: {} ({source})\n\
              base: {} = process {} + executors {} + pending HTTP {}\n\
-             per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {}\n\
+             per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {} + audio {}\n\
              max sessions: {}{} split per core {:?}",
             self.cpus.len(),
             crate::host::cpus::format_list(&self.cpus),
@@ -89,6 +90,7 @@ impl Plan {
             Human(s.per_session.websocket),
             Human(s.per_session.state),
             Human(s.per_session.rdp),
+            Human(s.per_session.audio),
             s.max_sessions,
             if s.max_sessions < s.budget_sessions {
                 format!(" (lowered by --max-sessions from {})", s.budget_sessions)
@@ -122,6 +124,7 @@ impl Plan {
                 "websocket": s.per_session.websocket,
                 "state": s.per_session.state,
                 "rdp": s.per_session.rdp,
+                "audio": s.per_session.audio,
             },
         })
     }

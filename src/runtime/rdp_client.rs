@@ -26,6 +26,7 @@ use ironrdp_core::WriteBuf;
 use ironrdp_egfx::pdu::QueueDepth;
 use tracing::{debug, info, warn};
 
+use crate::audio::AudioSink;
 use crate::config::Settings;
 use crate::rdp::connection::{self, DesktopSize, Phase};
 use crate::rdp::target::{self, Target, TlsPolicy};
@@ -62,27 +63,31 @@ impl RdpClient {
         size: DesktopSize,
         settings: &Settings,
     ) -> Result<RdpClient, RdpError> {
-        Self::connect_with_progress(target, size, settings, &|_| {}).await
+        Self::connect_with_progress(target, size, settings, None, &|_| {}).await
     }
 
     /// `connect`, telling `progress` as each step of the connection sequence is reached.
+    /// With `audio` (the session's sink and id), the server's sound goes there.
     pub async fn connect_with_progress(
         target: &Target,
         size: DesktopSize,
         settings: &Settings,
+        audio: Option<(AudioSink, u64)>,
         progress: &dyn Fn(ConnectStep),
     ) -> Result<RdpClient, RdpError> {
         let started = Instant::now();
         let host = target.host.clone();
-        let result =
-            futures_lite::future::or(connect_inner(target, size, settings, progress), async {
+        let result = futures_lite::future::or(
+            connect_inner(target, size, settings, audio, progress),
+            async {
                 glommio::timer::sleep(CONNECT_TIMEOUT).await;
                 Err(RdpError::Timeout {
                     host: host.clone(),
                     secs: CONNECT_TIMEOUT.as_secs(),
                 })
-            })
-            .await;
+            },
+        )
+        .await;
         match &result {
             Ok(c) => info!(
                 host = target.host,
@@ -116,10 +121,21 @@ impl RdpClient {
 
     /// The next event. After `RdpEvent::Disconnected` every call returns `RdpError::Ended`.
     /// Cancel-safe.
-    pub async fn next_event(&mut self) -> Result<RdpEvent, RdpError> {
+    /// The next event from the server. Without `graphics`, graphics events stay queued and
+    /// reading stops at the first one, so the sound keeps coming while the page holds all the
+    /// frames it may: the server's own flow control holds the picture back meanwhile.
+    pub async fn next_event(&mut self, graphics: bool) -> Result<RdpEvent, RdpError> {
         loop {
-            if let Some(ev) = self.session.next_event() {
+            let ev = if graphics {
+                self.session.next_event()
+            } else {
+                self.session.next_event_except_graphics()
+            };
+            if let Some(ev) = ev {
                 return Ok(ev);
+            }
+            if !graphics && self.session.has_graphics() {
+                return std::future::pending().await;
             }
             if self.session.is_ended() {
                 return Err(RdpError::Ended {
@@ -240,6 +256,7 @@ async fn connect_inner(
     target: &Target,
     size: DesktopSize,
     settings: &Settings,
+    audio: Option<(AudioSink, u64)>,
     progress: &dyn Fn(ConnectStep),
 ) -> Result<RdpClient, RdpError> {
     let host = target.host.clone();
@@ -249,7 +266,12 @@ async fn connect_inner(
         why: describe_io(&io::Error::from(e)),
     })?;
 
-    let mut connector = connection::connector(target, size, client_addr);
+    let mut connector = connection::connector(
+        target,
+        size,
+        client_addr,
+        audio.as_ref().map(|(sink, id)| (sink, *id)),
+    );
     let mut framed = Framed::<Io<TcpStream>>::new(tcp);
     let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)
         .await
@@ -350,7 +372,7 @@ async fn connect_inner(
     };
     Ok(RdpClient {
         framed,
-        session: Session::new(&host, result),
+        session: Session::new(&host, result, audio.map(|(sink, _)| sink)),
         host,
         fingerprint,
         out: Vec::new(),

@@ -7,7 +7,10 @@ use std::rc::Rc;
 
 use arena::SessionShare;
 use async_tungstenite::WebSocketStream;
-use futures_util::StreamExt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, StreamExt};
 use glommio::net::TcpStream;
 use ironrdp_egfx::pdu::QueueDepth;
 use tracing::{info, warn};
@@ -19,12 +22,14 @@ use tungstenite::{Bytes, Message};
 use crate::protocol::State;
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
 use crate::session::{Action, Phase, Session};
-use crate::sizing::{ws_write_reserve, WS_READ_BUFFER};
+use crate::sizing::WS_READ_BUFFER;
 use crate::telemetry::{CoreCounters, Direction};
 
 use super::core::Core;
 use super::rdp_client::{ConnectStep, RdpClient};
 
+/// WebSocket frame header plus the protocol's own header of a graphics message.
+const MESSAGE_OVERHEAD: usize = 1 << 10;
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 /// Close code for "the RDP session ended"; the reason came first in a Disconnected message.
@@ -34,6 +39,7 @@ const CLOSE_IDLE: u16 = 4001;
 
 enum Event {
     Browser(Option<Result<Message, tungstenite::Error>>),
+    WriteFailed(End),
     Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
     Idle,
@@ -58,7 +64,12 @@ pub async fn run(
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(ws_write_reserve(&core.settings.pools) as usize)
+        // Room for the largest message the session can produce (an H.264 access unit as big
+        // as the graphics channel accepts). This is a cap, not a reservation: `poll_write`
+        // hands tungstenite the next message only once the last one is in the socket, so it
+        // holds one message at a time (at most a pool chunk for everything but large
+        // graphics, which are on the heap already; see `sizing::ws_write_reserve`).
+        .max_write_buffer_size(crate::rdp::egfx::MAX_QUEUED_BYTES + MESSAGE_OVERHEAD)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let mut ws =
@@ -68,7 +79,8 @@ pub async fn run(
     CoreCounters::inc(&counters.sessions_active);
     CoreCounters::inc(&counters.sessions_total);
     let core_id = u16::try_from(core.index).unwrap_or(u16::MAX);
-    let mut session = Session::start(share, core_id, u32::try_from(max).unwrap_or(u32::MAX));
+    let mut session = Session::start(share, core_id, u32::try_from(max).unwrap_or(u32::MAX))
+        .with_audio(core.settings.audio);
     let id = session.id();
     info!(session = id, cpu = core.cpu, %peer, "session started");
     let mut rdp: Option<RdpClient> = None;
@@ -76,16 +88,23 @@ pub async fn run(
     let mut last_heard = std::time::Instant::now();
 
     let end = loop {
-        if let Err(end) = flush(&mut ws, &mut session, &counters).await {
-            break end;
-        }
         if let Some(end) = run_actions(&core, &mut ws, &mut session, &mut rdp, id).await {
             break end;
         }
-        if let Err(end) = flush(&mut ws, &mut session, &counters).await {
-            break end;
-        }
         if session.phase() == Phase::Ended {
+            // The reason goes out before the close; a page that stopped reading gets a
+            // little while, not forever.
+            let written = futures_lite::future::or(
+                async { Some(flush(&mut ws, &mut session, &counters).await) },
+                async {
+                    glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                    None
+                },
+            )
+            .await;
+            if let Some(Err(end)) = written {
+                break end;
+            }
             break close(
                 &mut ws,
                 CLOSE_RDP_ENDED,
@@ -93,26 +112,22 @@ pub async fn run(
             )
             .await;
         }
-        if !session.wants_input() {
-            // Every chunk is back once the queue is written; anything else is a leak.
-            break End {
-                code: 1011,
-                reason: format!("session {id}: output chunks not returned after writing"),
-            };
-        }
-        if let Some(client) = rdp.as_mut() {
-            let (read, written) = client.take_byte_counts();
-            counters.add_bytes(Direction::ServerIn, read as usize);
-            counters.add_bytes(Direction::ServerOut, written as usize);
-        }
+        count(&counters, &mut session, rdp.as_mut());
         let take_rdp = session.wants_rdp();
+        let graphics = session.wants_graphics();
         let event = futures_lite::future::or(
-            futures_lite::future::or(async { Event::Browser(ws.next().await) }, async {
-                match rdp.as_mut() {
-                    Some(client) if take_rdp => Event::Rdp(client.next_event().await),
-                    _ => std::future::pending().await,
-                }
-            }),
+            futures_lite::future::or(
+                // Writing and reading the browser share one future: while the page is slow
+                // to read, the server is still read (sound is dropped, not queued) and the
+                // page's own messages are still taken.
+                std::future::poll_fn(|cx| poll_browser(&mut ws, &mut session, &counters, cx)),
+                async {
+                    match rdp.as_mut() {
+                        Some(client) if take_rdp => Event::Rdp(client.next_event(graphics).await),
+                        _ => std::future::pending().await,
+                    }
+                },
+            ),
             futures_lite::future::or(
                 async {
                     core.shutdown.wait().await;
@@ -129,6 +144,7 @@ pub async fn run(
         )
         .await;
         match event {
+            Event::WriteFailed(end) => break end,
             Event::Shutdown => {
                 break close(&mut ws, 1001, "gateway is shutting down".to_owned()).await;
             }
@@ -199,22 +215,68 @@ pub async fn run(
     }
 }
 
-/// Writes everything the session has queued.
+/// Writes everything the session has queued, waiting for the socket as needed.
 async fn flush(ws: &mut Ws, session: &mut Session, counters: &CoreCounters) -> Result<(), End> {
-    while let Some(out) = session.poll_transmit() {
-        let bytes = out.bytes();
+    std::future::poll_fn(|cx| poll_write(ws, session, counters, cx)).await
+}
+
+/// Moves queued messages into the socket as far as it takes them now. tungstenite holds at
+/// most one message: the next is taken from the session only once the last is written.
+fn poll_write(
+    ws: &mut Ws,
+    session: &mut Session,
+    counters: &CoreCounters,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), End>> {
+    let failed = |err: tungstenite::Error| End {
+        code: 1006,
+        reason: format!("writing to the browser failed: {err}"),
+    };
+    loop {
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(failed(err))),
+            Poll::Pending => return Poll::Pending,
+        }
+        let Some(bytes) = session.transmit_next(Bytes::copy_from_slice) else {
+            break;
+        };
         counters.add_bytes(Direction::BrowserOut, bytes.len());
-        if let Err(err) = ws
-            .send(Message::Binary(Bytes::copy_from_slice(bytes)))
-            .await
-        {
-            return Err(End {
-                code: 1006,
-                reason: format!("writing to the browser failed: {err}"),
-            });
+        if let Err(err) = Pin::new(&mut *ws).start_send(Message::Binary(bytes)) {
+            return Poll::Ready(Err(failed(err)));
         }
     }
-    Ok(())
+    Pin::new(&mut *ws).poll_flush(cx).map_err(failed)
+}
+
+/// Writes what it can, then reads the browser's next message, if the session can take one.
+fn poll_browser(
+    ws: &mut Ws,
+    session: &mut Session,
+    counters: &CoreCounters,
+    cx: &mut Context<'_>,
+) -> Poll<Event> {
+    if let Poll::Ready(Err(end)) = poll_write(ws, session, counters, cx) {
+        return Poll::Ready(Event::WriteFailed(end));
+    }
+    // An answer needs a chunk; without one the browser waits (TCP), it is not refused.
+    if !session.wants_input() {
+        return Poll::Pending;
+    }
+    ws.poll_next_unpin(cx).map(Event::Browser)
+}
+
+/// Moves the session's byte and audio counts into the core's counters.
+fn count(counters: &CoreCounters, session: &mut Session, rdp: Option<&mut RdpClient>) {
+    if let Some(client) = rdp {
+        let (read, written) = client.take_byte_counts();
+        counters.add_bytes(Direction::ServerIn, read as usize);
+        counters.add_bytes(Direction::ServerOut, written as usize);
+    }
+    let audio = session.take_audio_counts();
+    CoreCounters::add(&counters.audio_from_server, audio.from_server);
+    CoreCounters::add(&counters.audio_to_browser, audio.to_browser);
+    CoreCounters::add(&counters.audio_dropped, audio.dropped);
 }
 
 /// Carries out what the session asked of the RDP side.
@@ -250,11 +312,18 @@ async fn run_actions(
                     stepped.notify(1);
                 };
                 let user = t.username.clone();
+                let audio = session.audio_sink().map(|sink| (sink, id));
                 let connect = futures_lite::future::or(
                     async {
                         Some(
-                            RdpClient::connect_with_progress(&t, size, &core.settings, &on_step)
-                                .await,
+                            RdpClient::connect_with_progress(
+                                &t,
+                                size,
+                                &core.settings,
+                                audio.clone(),
+                                &on_step,
+                            )
+                            .await,
                         )
                     },
                     async {
