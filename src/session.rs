@@ -730,7 +730,10 @@ mod tests {
         s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 1 }));
         drain(&mut s);
         assert!(s.bytes_in_flight() > 1024);
-        assert!(!s.wants_graphics(), "one frame over the budget stops the stream");
+        assert!(
+            !s.wants_graphics(),
+            "one frame over the budget stops the stream"
+        );
         let decoded = FromBrowser::FrameDecoded {
             frame_id: 1,
             frames_decoded: 1,

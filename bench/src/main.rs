@@ -16,8 +16,18 @@ use clap::Parser;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+mod audio;
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Cost of the gateway's audio path (PCM → Opus) per stream.
+    Audio(audio::AudioArgs),
+}
+
 #[derive(Parser)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Sessions to open in total.
     #[arg(long, default_value_t = 200)]
     sessions: usize,
@@ -126,6 +136,9 @@ fn mib(b: u64) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Audio(a)) = &args.cmd {
+        return audio::run(a);
+    }
     let bin = match &args.gateway {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
