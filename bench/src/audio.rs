@@ -18,6 +18,9 @@ pub struct AudioArgs {
     /// Exit non-zero when a 20 ms frame costs more than this many microseconds.
     #[arg(long, default_value_t = 1000)]
     max_us: u64,
+    /// libopus complexity (the gateway's `--audio-complexity`).
+    #[arg(long, default_value_t = AudioSettings::default().complexity)]
+    complexity: u8,
     #[arg(long)]
     check: bool,
 }
@@ -80,6 +83,7 @@ pub fn run(args: &AudioArgs) -> Result<()> {
         let share = Rc::new(arena.admit().context("admit")?);
         let settings = AudioSettings {
             frame: Duration::from_millis(case.frame_ms),
+            complexity: args.complexity,
             max_queue: Duration::from_secs(1),
             ..AudioSettings::default()
         };

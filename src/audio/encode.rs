@@ -122,6 +122,8 @@ impl PcmEncoder {
         let bitrate = i32::try_from(settings.bitrate).unwrap_or(64_000);
         opus.set_bitrate(opus::Bitrate::Bits(bitrate))
             .map_err(encoder_err)?;
+        opus.set_complexity(i32::from(settings.complexity.min(10)))
+            .map_err(encoder_err)?;
         Ok(PcmEncoder {
             session,
             input_rate: rate,

@@ -39,6 +39,8 @@ pub struct AudioSettings {
     pub bitrate: u32,
     /// Opus frame length: 10 or 20 ms.
     pub frame: Duration,
+    /// libopus' encoder complexity, 0–10: CPU per stream against quality at the same rate.
+    pub complexity: u8,
     /// Most sound that may wait for the page; older packets are dropped.
     pub max_queue: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for AudioSettings {
             enabled: true,
             bitrate: 64_000,
             frame: Duration::from_millis(20),
+            complexity: 5,
             max_queue: Duration::from_millis(200),
         }
     }

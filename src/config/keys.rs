@@ -71,6 +71,8 @@ keys! {
         "Opus bit rate, bits per second, for PCM the gateway encodes (6000-510000)";
     AUDIO_FRAME: "audio.frame", "audio-frame", "RDPWIRE_AUDIO_FRAME", Some("20ms"),
         "Opus packet length: 20ms, or 10ms for lower delay at a higher bit rate overhead";
+    AUDIO_COMPLEXITY: "audio.complexity", "audio-complexity", "RDPWIRE_AUDIO_COMPLEXITY", Some("5"),
+        "libopus encoder complexity 0-10: higher costs more CPU per stream for a little more quality";
     AUDIO_MAX_QUEUE: "audio.max_queue", "audio-max-queue", "RDPWIRE_AUDIO_MAX_QUEUE", Some("200ms"),
         "most sound that may wait for a slow page; older packets are dropped";
     BROWSER_SNDBUF: "memory.browser_sndbuf", "browser-sndbuf", "RDPWIRE_BROWSER_SNDBUF", Some("32KiB"),

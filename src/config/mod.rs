@@ -287,6 +287,7 @@ impl Layers {
                     count(s, 6_000, 510_000).map(|b| b as u32)
                 })?,
                 frame: self.req(AUDIO_FRAME, parse::audio_frame)?,
+                complexity: self.req(AUDIO_COMPLEXITY, |s| count(s, 0, 10).map(|c| c as u8))?,
                 max_queue: self.req(AUDIO_MAX_QUEUE, |s| {
                     duration(s, Duration::from_millis(20), Duration::from_secs(5))
                 })?,
