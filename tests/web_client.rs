@@ -993,7 +993,7 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
     // dropped them, and says so in `dropped` from then on.
     let packets = opus_tone(440.0, 52);
     let mut buffers: Vec<(Instant, u16)> = Vec::new();
-    let mut keep = |m: FromPage, buffers: &mut Vec<(Instant, u16)>| match m {
+    let keep = |m: FromPage, buffers: &mut Vec<(Instant, u16)>| match m {
         FromPage::AudioBuffer { buffer_ms } => buffers.push((Instant::now(), buffer_ms)),
         FromPage::MouseMove { .. } | FromPage::MouseButton { .. } => {}
         other => panic!("the page sent {other:?} while sound played"),

@@ -32,6 +32,7 @@ export class Audio {
     this.node = null;
     this.toWorklet = [];   // messages waiting for the worklet to load
     this.decoder = null;
+    this.pending = [];     // timestamp_us of the packets in `decoder`, in decode order
     this.stream = null;    // {sampleRate, channels, gen} of the stream running, or null
     this.gen = 0;
     this.nextChunk = 1;
@@ -128,6 +129,7 @@ export class Audio {
         duration: m.durationUs,
         data: m.data,
       }));
+      this.pending.push(m.timestampUs); // outputs come later, never during decode()
     } catch (e) {
       this.trouble(`audio decoder: ${e.message}`);
     }
@@ -175,9 +177,13 @@ export class Audio {
   // --- decoding ----------------------------------------------------------------------------
 
   newDecoder(st) {
+    // Chromium numbers a decoder's outputs by counting samples from the first packet, so a
+    // gap the gateway left (dropped packets) would vanish from `AudioData.timestamp`. Opus
+    // gives one output per packet, in order: the packet's own timestamp comes from here.
+    const pending = [];
     try {
       const d = new AudioDecoder({
-        output: (data) => this.decoded(data),
+        output: (data) => this.decoded(data, pending.length ? pending.shift() : data.timestamp),
         error: (e) => {
           // The decoder closed itself; the next packet gets a new one (every Opus packet is
           // a key frame), so a bad packet costs a moment of sound, not the stream.
@@ -187,6 +193,7 @@ export class Audio {
       });
       d.configure({ codec: "opus", sampleRate: st.sampleRate, numberOfChannels: st.channels });
       this.decoder = d;
+      this.pending = pending;
       return true;
     } catch (e) {
       this.trouble(`audio decoder: ${e.message}`);
@@ -194,7 +201,7 @@ export class Audio {
     }
   }
 
-  decoded(data) {
+  decoded(data, timestampUs) {
     const t = performance.now();
     try {
       this.s.decoded++;
@@ -211,7 +218,7 @@ export class Audio {
         planes = planes.map((p) => resample(p, data.sampleRate, this.ctx.sampleRate));
       }
       this.post(
-        { type: "chunk", id: this.nextChunk++, t, ts: data.timestamp, planes },
+        { type: "chunk", id: this.nextChunk++, t, ts: timestampUs, planes },
         planes.map((p) => p.buffer),
       );
     } finally {
