@@ -1091,6 +1091,33 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
     );
     let level = tone::rms(middle);
     assert!(level > 0.25 && level < 0.45, "rms {level}");
+
+    // Idle, the page parks its audio output; the next stream plays without another click.
+    b.wait_for("rdpwire.stats().audioContext === 'suspended'", SECS);
+    peer.send(wire::audio_start(1, 48_000, 2));
+    let again = opus_tone(880.0, 10);
+    let started = Instant::now();
+    for (i, packet) in again.iter().enumerate() {
+        let due = started + Duration::from_millis(20 * i as u64);
+        while Instant::now() < due {
+            let _ = peer.next_within(due.saturating_duration_since(Instant::now()));
+        }
+        peer.send(wire::audio_packet(20_000 * i as u64, 20_000, 2, packet));
+    }
+    peer.send(wire::audio_stop());
+    b.wait_for(
+        "rdpwire.stats().audioDecoded === 60 && rdpwire.stats().audioState === 'idle'",
+        SECS,
+    );
+    let (_, chunks) = take_audio_capture(&mut b);
+    assert!(chunks.len() >= 9, "{} chunks played", chunks.len());
+    let samples: Vec<f32> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
+    let f = tone::dominant_frequency(&samples[960..960 * 8], 48_000);
+    assert!(
+        (f - 880.0).abs() <= 880.0 * 0.02,
+        "dominant frequency {f} Hz"
+    );
+    assert!(!b.visible("#sound-enable"));
     peer.close(1000, "");
 }
 

@@ -41,6 +41,10 @@ export class Audio {
     this.playState = "idle"; // the worklet's: idle | buffering | playing
     this.lastBufferSent = -Infinity;
     this.captured = null;  // {chunks} while capturing
+    // Suspended by the page itself while no stream runs, so an idle desktop costs the audio
+    // thread nothing. Only a context that ran is parked: the user's gesture that started it
+    // still counts, so it resumes without another click.
+    this.parked = false;
     this.closed = false;
     this.s = {
       packets: 0,          // AudioPackets received
@@ -93,6 +97,7 @@ export class Audio {
     }
     if (!this.ensureContext(m.sampleRate)) return;
     this.stream = { sampleRate: m.sampleRate, channels: m.channels, gen: ++this.gen };
+    if (this.parked) this.resume();
     this.noStreamWarned = false;
     this.post({ type: "start" });
     this.els.panel.hidden = false;
@@ -246,6 +251,7 @@ export class Audio {
       return false;
     }
     this.ctx = ctx;
+    this.parked = false;
     this.gain = ctx.createGain();
     this.gain.gain.value = this.gainValue();
     this.gain.connect(ctx.destination);
@@ -275,8 +281,9 @@ export class Audio {
     else if (this.ctx) this.toWorklet.push([m, transfer]);
   }
 
+  // Whether decoded audio can be heard (soon: a parked context is on its way back).
   running() {
-    return this.ctx !== null && this.ctx.state === "running";
+    return this.ctx !== null && (this.ctx.state === "running" || this.parked);
   }
 
   onReport(r) {
@@ -287,6 +294,10 @@ export class Audio {
     this.s.underruns += r.underruns;
     this.s.pageDropped += r.dropped;
     if (this.captured && r.capture.length) this.keep(r.capture);
+    if (r.state === "idle" && !this.stream && !this.parked && this.ctx.state === "running") {
+      this.parked = true;
+      this.ctx.suspend().catch(() => {});
+    }
     // The gateway adds this to the delay it confirms to the server, for A/V sync: what is
     // buffered plus what the output device still holds.
     const now = performance.now();
@@ -300,11 +311,14 @@ export class Audio {
 
   resume() {
     if (!this.ctx || this.closed) return;
-    this.ctx.resume().catch((e) => this.trouble(`cannot start audio output: ${e.message}`));
+    const ctx = this.ctx;
+    ctx.resume()
+      .then(() => { if (this.ctx === ctx) this.parked = false; })
+      .catch((e) => this.trouble(`cannot start audio output: ${e.message}`));
   }
 
   updateBanner() {
-    const needed = !this.closed && this.stream !== null && this.ctx !== null && this.ctx.state !== "running";
+    const needed = !this.closed && this.stream !== null && !this.running();
     this.els.enable.hidden = !needed;
     if (!needed && document.activeElement === this.els.enable) document.activeElement.blur();
   }
@@ -347,7 +361,7 @@ export class Audio {
 
   stats() {
     let state = this.playState;
-    if (this.stream && this.ctx && this.ctx.state !== "running") state = "suspended";
+    if (this.stream && !this.running()) state = "suspended";
     return {
       audioState: state,
       audioPackets: this.s.packets,
