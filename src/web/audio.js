@@ -58,7 +58,7 @@ export class Audio {
       errors: 0,
       error: null,         // the latest trouble, in words
     };
-    this.noStreamWarned = false;
+    this.noStreamWarned = false; // packets without a stream were warned about since the last stop
   }
 
   attach() {
@@ -79,6 +79,8 @@ export class Audio {
   start(m) {
     if (this.closed) return;
     this.endStream();
+    // Packets of a stream refused here are the expected sequel of a warning already given.
+    this.noStreamWarned = true;
     if (typeof AudioDecoder === "undefined" || typeof AudioWorkletNode === "undefined") {
       this.trouble("this browser cannot play the desktop's sound: WebCodecs AudioDecoder or AudioWorklet is missing");
       return;
@@ -98,7 +100,6 @@ export class Audio {
     if (!this.ensureContext(m.sampleRate)) return;
     this.stream = { sampleRate: m.sampleRate, channels: m.channels, gen: ++this.gen };
     if (this.parked) this.resume();
-    this.noStreamWarned = false;
     this.post({ type: "start" });
     this.els.panel.hidden = false;
     this.updateBanner();
@@ -142,6 +143,7 @@ export class Audio {
 
   stop() {
     if (this.closed) return;
+    this.noStreamWarned = false;
     this.endStream();
     this.updateBanner();
   }
@@ -347,7 +349,7 @@ export class Audio {
     panel.dataset.muted = String(this.muted);
     panel.dataset.gain = String(g);
     mute.setAttribute("aria-pressed", String(this.muted));
-    mute.textContent = this.muted ? "🔇 unmute" : "🔊 mute";
+    mute.textContent = this.muted ? "unmute" : "mute";
     if (Number(volume.value) !== this.volume) volume.value = String(this.volume);
   }
 
