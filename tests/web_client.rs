@@ -1073,7 +1073,8 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
     );
     for c in &chunks {
         assert_eq!(c.samples.len(), 960, "chunk at {} µs", c.timestamp_us);
-        assert!(c.played >= c.t, "played before it was decoded: {c:?}");
+        // The two clocks meet through `getOutputTimestamp`, good to a few milliseconds.
+        assert!(c.played >= c.t - 5.0, "played before it was decoded: {c:?}");
     }
     for w in chunks.windows(2) {
         assert!(w[1].timestamp_us > w[0].timestamp_us && w[1].t >= w[0].t);
@@ -1083,7 +1084,8 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
         assert_eq!(chunks[25].timestamp_us, 27 * 20_000, "the gateway's gap");
     }
     let samples: Vec<f32> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
-    let middle = &samples[samples.len() / 4..samples.len() / 4 + 14_400];
+    // 0.3 s from 0.1 s on: past the codec's onset, before the gateway's gap.
+    let middle = &samples[4_800..4_800 + 14_400];
     let f = tone::dominant_frequency(middle, 48_000);
     assert!(
         (f - 440.0).abs() <= 440.0 * 0.02,
