@@ -273,7 +273,13 @@ export class Audio {
       for (const [m, transfer] of this.toWorklet) node.port.postMessage(m, transfer);
       this.toWorklet = [];
     }).catch((e) => {
-      if (this.ctx === ctx) this.trouble(`cannot load the audio player: ${e.message}`);
+      if (this.ctx !== ctx) return;
+      // Without the player nothing can be heard: stop decoding and queueing for it.
+      this.ctx = null;
+      this.toWorklet = [];
+      ctx.close().catch(() => {});
+      this.trouble(`cannot load the audio player: ${e.message}`);
+      this.updateBanner();
     });
     return true;
   }
@@ -320,7 +326,7 @@ export class Audio {
   }
 
   updateBanner() {
-    const needed = !this.closed && this.stream !== null && !this.running();
+    const needed = !this.closed && this.stream !== null && this.ctx !== null && !this.running();
     this.els.enable.hidden = !needed;
     if (!needed && document.activeElement === this.els.enable) document.activeElement.blur();
   }
@@ -363,7 +369,7 @@ export class Audio {
 
   stats() {
     let state = this.playState;
-    if (this.stream && !this.running()) state = "suspended";
+    if (this.stream && this.ctx && !this.running()) state = "suspended";
     return {
       audioState: state,
       audioPackets: this.s.packets,
