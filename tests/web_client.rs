@@ -16,11 +16,13 @@ mod chromium;
 mod h264;
 #[path = "support/page_server.rs"]
 mod page_server;
+#[path = "support/tone.rs"]
+mod tone;
 #[path = "support/wire.rs"]
 mod wire;
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chromium::Chromium;
 use h264::{Encoder, Profile, Vui};
@@ -892,6 +894,363 @@ fn keys_go_as_scancodes_and_other_characters_as_unicode() {
             panic!("{code} and {other} share scancode {sc:#x}");
         }
     }
+}
+
+// --- sound --------------------------------------------------------------------------------
+
+/// `n` Opus packets of 20 ms (48 kHz stereo, both channels alike) of a `freq` Hz sine at half
+/// scale, as a gateway encodes them.
+fn opus_tone(freq: f64, n: usize) -> Vec<Vec<u8>> {
+    let mut enc =
+        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+    tone::sine(freq, 48_000, n as f64 * 0.02, 0.5)
+        .chunks_exact(960)
+        .map(|frame| {
+            let stereo: Vec<f32> = frame.iter().flat_map(|&x| [x, x]).collect();
+            let mut out = vec![0u8; 4000];
+            let len = enc.encode_float(&stereo, &mut out).unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for quad in text.as_bytes().chunks(4) {
+        let digits: Vec<u8> = quad
+            .iter()
+            .filter(|&&c| c != b'=')
+            .map(|&c| value(c))
+            .collect();
+        let bits = digits
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &d)| acc | (u32::from(d) << (18 - 6 * i)));
+        out.extend_from_slice(&bits.to_be_bytes()[1..digits.len()]);
+    }
+    out
+}
+
+/// One chunk of `rdpwire.takeAudioCapture()`, its samples decoded.
+#[derive(Debug)]
+struct Captured {
+    t: f64,
+    played: f64,
+    timestamp_us: u64,
+    samples: Vec<f32>,
+}
+
+fn take_audio_capture(b: &mut Chromium) -> (u64, Vec<Captured>) {
+    let v = b.eval("rdpwire.takeAudioCapture()");
+    let rate = v["sampleRate"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    let chunks = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Captured {
+            t: c["t"].as_f64().unwrap(),
+            played: c["played"].as_f64().unwrap(),
+            timestamp_us: c["timestamp_us"].as_u64().unwrap(),
+            samples: base64_decode(c["samples"].as_str().unwrap())
+                .chunks_exact(2)
+                .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32767.0)
+                .collect(),
+        })
+        .collect();
+    (rate, chunks)
+}
+
+/// A connected page with an Opus stream started and sound enabled by a real click on the
+/// page's "click to enable sound" banner.
+fn sound_enabled(b: &mut Chromium, server: &PageServer) -> Peer {
+    let mut peer = connected(b, server, 320, 240);
+    peer.send(wire::audio_start(1, 48_000, 2));
+    b.wait_for("rdpwire.stats().audioState === 'suspended'", SECS);
+    assert!(b.visible("#sound-enable"), "{}", b.describe_page());
+    b.click_element("#sound-enable");
+    b.wait_for("rdpwire.stats().audioContext === 'running'", SECS);
+    peer
+}
+
+#[test]
+fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = sound_enabled(&mut b, &server);
+    b.eval("rdpwire.captureAudio(true)");
+
+    // ~1 s of 440 Hz in real time, 20 ms apart; packets 25 and 26 never come: the gateway
+    // dropped them, and says so in `dropped` from then on.
+    let packets = opus_tone(440.0, 52);
+    let mut buffers: Vec<(Instant, u16)> = Vec::new();
+    let keep = |m: FromPage, buffers: &mut Vec<(Instant, u16)>| match m {
+        FromPage::AudioBuffer { buffer_ms } => buffers.push((Instant::now(), buffer_ms)),
+        FromPage::MouseMove { .. } | FromPage::MouseButton { .. } => {}
+        other => panic!("the page sent {other:?} while sound played"),
+    };
+    let started = Instant::now();
+    let mut sent = 0;
+    for (i, packet) in packets.iter().enumerate() {
+        let due = started + Duration::from_millis(20 * i as u64);
+        while Instant::now() < due {
+            if let Some(m) = peer.next_within(due.saturating_duration_since(Instant::now())) {
+                keep(m, &mut buffers);
+            }
+        }
+        if i == 25 || i == 26 {
+            continue;
+        }
+        let dropped = if i > 26 { 2 } else { 0 };
+        peer.send(wire::audio_packet(
+            20_000 * i as u64,
+            20_000,
+            dropped,
+            packet,
+        ));
+        sent += 1;
+    }
+    peer.send(wire::audio_stop());
+    // The stop lets the page play out what it holds, then it goes quiet.
+    let deadline = Instant::now() + SECS;
+    while b.stats()["audioState"] != "idle" {
+        assert!(Instant::now() < deadline, "{}", b.describe_page());
+        for m in peer.collect(Duration::from_millis(50)) {
+            keep(m, &mut buffers);
+        }
+    }
+    let streamed = started.elapsed();
+    for m in peer.collect(Duration::from_millis(300)) {
+        keep(m, &mut buffers);
+    }
+    let s = b.stats();
+    assert_eq!(s["audioPackets"], sent, "{s}");
+    let page_dropped = s["audioPageDropped"].as_u64().unwrap();
+    assert_eq!(
+        s["audioDropped"].as_u64().unwrap(),
+        2 + page_dropped,
+        "the gateway's count plus the page's own: {s}"
+    );
+    assert_eq!(s["audioErrors"], 0, "{s}");
+    assert_eq!(s["audioBufferMs"], 0, "{s}");
+
+    // AudioBuffer while it played: at most one per 250 ms, each a plausible depth (the
+    // 40 ms target, at most target + 150 ms, plus the output's own latency).
+    let most = (streamed.as_millis() / 250 + 1) as usize;
+    assert!(
+        buffers.len() >= 2 && buffers.len() <= most,
+        "{} AudioBuffer messages in {streamed:?}: {buffers:?}",
+        buffers.len()
+    );
+    assert!(buffers.iter().all(|&(_, ms)| ms <= 400), "{buffers:?}");
+    assert!(buffers.iter().any(|&(_, ms)| ms >= 10), "{buffers:?}");
+    // Silent and idle: nothing more.
+    let after: Vec<_> = peer
+        .collect(Duration::from_millis(800))
+        .into_iter()
+        .filter(|m| matches!(m, FromPage::AudioBuffer { .. }))
+        .collect();
+    assert!(after.is_empty(), "AudioBuffer while idle: {after:?}");
+
+    // What the page played: each packet's 20 ms in stream order, decoded before it played,
+    // at the stream's rate, and the tone itself.
+    let (rate, chunks) = take_audio_capture(&mut b);
+    assert_eq!(rate, 48_000);
+    assert_eq!(
+        chunks.len() as u64,
+        sent - page_dropped,
+        "{:?}",
+        chunks.iter().map(|c| c.timestamp_us).collect::<Vec<_>>()
+    );
+    for c in &chunks {
+        assert_eq!(c.samples.len(), 960, "chunk at {} µs", c.timestamp_us);
+        // The two clocks meet through `getOutputTimestamp`, good to a few milliseconds.
+        assert!(c.played >= c.t - 5.0, "played before it was decoded: {c:?}");
+    }
+    for w in chunks.windows(2) {
+        assert!(w[1].timestamp_us > w[0].timestamp_us && w[1].t >= w[0].t);
+        assert!(w[1].played > w[0].played);
+    }
+    if page_dropped == 0 {
+        assert_eq!(chunks[25].timestamp_us, 27 * 20_000, "the gateway's gap");
+    }
+    let samples: Vec<f32> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
+    // 0.3 s from 0.1 s on: past the codec's onset, before the gateway's gap.
+    let middle = &samples[4_800..4_800 + 14_400];
+    let f = tone::dominant_frequency(middle, 48_000);
+    assert!(
+        (f - 440.0).abs() <= 440.0 * 0.02,
+        "dominant frequency {f} Hz"
+    );
+    let level = tone::rms(middle);
+    assert!(level > 0.25 && level < 0.45, "rms {level}");
+
+    // Idle, the page parks its audio output; the next stream plays without another click.
+    b.wait_for("rdpwire.stats().audioContext === 'suspended'", SECS);
+    peer.send(wire::audio_start(1, 48_000, 2));
+    let again = opus_tone(880.0, 10);
+    let started = Instant::now();
+    for (i, packet) in again.iter().enumerate() {
+        let due = started + Duration::from_millis(20 * i as u64);
+        while Instant::now() < due {
+            let _ = peer.next_within(due.saturating_duration_since(Instant::now()));
+        }
+        peer.send(wire::audio_packet(20_000 * i as u64, 20_000, 2, packet));
+    }
+    peer.send(wire::audio_stop());
+    b.wait_for(
+        "rdpwire.stats().audioDecoded === 60 && rdpwire.stats().audioState === 'idle'",
+        SECS,
+    );
+    let (_, chunks) = take_audio_capture(&mut b);
+    assert!(chunks.len() >= 9, "{} chunks played", chunks.len());
+    let samples: Vec<f32> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
+    let f = tone::dominant_frequency(&samples[960..960 * 8], 48_000);
+    assert!(
+        (f - 880.0).abs() <= 880.0 * 0.02,
+        "dominant frequency {f} Hz"
+    );
+    assert!(!b.visible("#sound-enable"));
+    peer.close(1000, "");
+}
+
+#[test]
+fn sound_waits_for_a_click_and_has_mute_and_volume_controls() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    assert!(!b.visible("#audio") && !b.visible("#sound-enable"));
+    peer.send(wire::audio_start(1, 48_000, 2));
+
+    // Browsers start an AudioContext suspended until the user interacts with the page.
+    b.wait_for("rdpwire.stats().audioState === 'suspended'", SECS);
+    assert!(b.visible("#sound-enable"));
+    let text = b.eval("document.getElementById('sound-enable').textContent");
+    assert!(
+        text.as_str().unwrap().contains("click to enable sound"),
+        "{text}"
+    );
+    assert!(b.visible("#mute") && b.visible("#volume"));
+    b.click_element("#sound-enable");
+    b.wait_for(
+        "!document.getElementById('sound-enable').checkVisibility()",
+        SECS,
+    );
+    assert_eq!(b.stats()["audioContext"], "running");
+
+    // Mute, and back.
+    assert_eq!(b.stats()["audioGain"], 1.0);
+    b.click_element("#mute");
+    b.wait_for("rdpwire.stats().audioMuted === true", SECS);
+    let s = b.stats();
+    assert_eq!(s["audioGain"], 0.0, "{s}");
+    assert_eq!(
+        b.eval("[document.getElementById('audio').dataset.muted, document.getElementById('audio').dataset.gain, document.getElementById('mute').getAttribute('aria-pressed')]"),
+        json!(["true", "0", "true"])
+    );
+    b.click_element("#mute");
+    b.wait_for("rdpwire.stats().audioMuted === false", SECS);
+    assert_eq!(b.stats()["audioGain"], 1.0);
+
+    // The keyboard works the controls while they have focus, and none of it reaches the
+    // desktop: Tab from the mute button to the slider, two steps down.
+    let _ = peer.collect(Duration::from_millis(200));
+    b.key("Tab", "Tab", "");
+    assert_eq!(b.eval("document.activeElement.id"), "volume");
+    b.key("ArrowLeft", "ArrowLeft", "");
+    b.key("ArrowLeft", "ArrowLeft", "");
+    b.wait_for("rdpwire.stats().audioVolume === 90", SECS);
+    assert!((b.stats()["audioGain"].as_f64().unwrap() - 0.81).abs() < 1e-9);
+    let to_desktop: Vec<_> = peer
+        .collect(Duration::from_millis(300))
+        .into_iter()
+        .filter(|m| !matches!(m, FromPage::MouseMove { .. }))
+        .collect();
+    assert!(to_desktop.is_empty(), "{to_desktop:?}");
+
+    // Back on the desktop, keys go to the server again.
+    b.click(100, 100);
+    let _ = peer.collect(Duration::from_millis(300));
+    b.key("KeyA", "a", "a");
+    assert_eq!(
+        peer.collect(Duration::from_millis(300)),
+        [
+            FromPage::Key {
+                scancode: 0x1e,
+                extended: false,
+                down: true
+            },
+            FromPage::Key {
+                scancode: 0x1e,
+                extended: false,
+                down: false
+            }
+        ]
+    );
+}
+
+#[test]
+fn audio_the_page_cannot_play_is_ignored_and_the_desktop_goes_on() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let mut peer = connected(&mut b, &server, 320, 240);
+    let packet = opus_tone(440.0, 1).remove(0);
+
+    peer.send(wire::audio_packet(0, 20_000, 0, &packet));
+    b.wait_for("rdpwire.stats().audioErrors === 1", SECS);
+    assert!(
+        b.stats()["audioError"]
+            .as_str()
+            .unwrap()
+            .contains("AudioPacket without an AudioStart"),
+        "{}",
+        b.describe_page()
+    );
+    peer.send(wire::audio_start(7, 48_000, 2));
+    b.wait_for("rdpwire.stats().audioErrors === 2", SECS);
+    assert!(b.stats()["audioError"]
+        .as_str()
+        .unwrap()
+        .contains("codec 7"));
+    peer.send(wire::audio_start(1, 48_000, 6));
+    b.wait_for("rdpwire.stats().audioErrors === 3", SECS);
+    // Packets of a stream the page refused are ignored as quietly as the first was warned.
+    peer.send(wire::audio_packet(20_000, 20_000, 0, &packet));
+    b.wait_for("rdpwire.stats().audioPackets === 2", SECS);
+    let s = b.stats();
+    assert_eq!(s["audioErrors"], 3, "{s}");
+    assert_eq!(s["audioState"], "idle", "{s}");
+    assert!(!b.visible("#sound-enable") && !b.visible("#audio"));
+    assert!(b
+        .console()
+        .contains("rdpwire: sound: AudioPacket without an AudioStart"));
+
+    // The session and its picture are untouched.
+    assert_eq!(s["state"], "connected", "{s}");
+    assert_eq!(b.status_text(), "connected to office");
+    peer.send_all([
+        wire::start_frame(1),
+        wire::solid_fill(1, rgba(GREEN), &[[0, 0, 320, 240]]),
+        wire::end_frame(1),
+    ]);
+    assert_eq!(peer.frame_decoded().0, 1);
+    assert_pixel(&mut b, 100, 100, GREEN, 0);
+
+    // A stream the page can play, after all that, is offered as usual.
+    peer.send(wire::audio_start(1, 48_000, 1));
+    b.wait_for("rdpwire.stats().audioState === 'suspended'", SECS);
+    assert!(b.visible("#sound-enable"));
 }
 
 /// Live (not zombie) processes whose process group is `pgid`, from /proc/PID/stat.

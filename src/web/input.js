@@ -24,6 +24,11 @@ function printable(key) {
   return cp >= 0x20 && cp !== 0x7f && !(cp >= 0x80 && cp < 0xa0);
 }
 
+// Keys for an element of the page rather than the desktop: inside `[data-keys="own"]`.
+function ownKeys(target) {
+  return target instanceof Element && target.closest("[data-keys='own']") !== null;
+}
+
 export class Input {
   // `send(buffer)` sends one message; `active()` says whether input should flow now.
   constructor(screen, send, active) {
@@ -130,6 +135,9 @@ export class Input {
   onKey(e, down) {
     if (!this.active() || e.isComposing) return;
     const sc = scancodeOf(e.code);
+    // Page controls with focus (sound) keep their keys; a key held on the desktop is still
+    // released there, or it would stay down on the server.
+    if (ownKeys(e.target) && !(!down && sc && this.heldKeys.has(e.code))) return;
     if (sc) {
       e.preventDefault();
       if (down) this.heldKeys.set(e.code, sc);

@@ -61,6 +61,17 @@ static ASSETS: &[Asset] = &[
         content_type: JS,
         body: include_bytes!("pointer.js"),
     },
+    Asset {
+        path: "/audio.js",
+        content_type: JS,
+        body: include_bytes!("audio.js"),
+    },
+    // Loaded with `audioWorklet.addModule`, not imported: it runs on the audio thread.
+    Asset {
+        path: "/audio-worklet.js",
+        content_type: JS,
+        body: include_bytes!("audio-worklet.js"),
+    },
 ];
 
 pub fn asset(path: &str) -> Option<&'static Asset> {
@@ -77,12 +88,13 @@ pub fn assets() -> &'static [Asset] {
 mod tests {
     use super::*;
 
-    /// Every module the page imports is served, so a new file cannot be forgotten here.
+    /// Every module the page imports or loads (`"./name.js"`: imports, the audio worklet) is
+    /// served, so a new file cannot be forgotten here.
     #[test]
     fn every_imported_module_is_an_asset() {
         for a in assets() {
             let text = String::from_utf8_lossy(a.body);
-            for part in text.split("from \"./").skip(1) {
+            for part in text.split("\"./").skip(1) {
                 let name = part.split('"').next().unwrap_or_default();
                 let path = format!("/{name}");
                 assert!(

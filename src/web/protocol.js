@@ -25,6 +25,9 @@ export const EVICT_CACHE_ENTRY = 0x1b;
 export const POINTER = 0x1c;
 export const TILE = 0x1d;
 export const TILE_ALPHA = 0x1e;
+export const AUDIO_START = 0x20;
+export const AUDIO_PACKET = 0x21;
+export const AUDIO_STOP = 0x22;
 
 // Browser → gateway.
 const PING = 0x81;
@@ -36,6 +39,12 @@ const WHEEL = 0x86;
 const KEY = 0x87;
 const UNICODE = 0x88;
 const RESIZE = 0x89;
+const AUDIO_BUFFER = 0x8a;
+
+// AudioStart.codec values.
+export const AUDIO_CODEC_OPUS = 1;
+// AudioBuffer.buffer_ms is at most this.
+export const MAX_AUDIO_BUFFER_MS = 10000;
 
 // Status.state values.
 export const STATUS_STATES = ["connecting", "authenticating", "connected", "reconnecting"];
@@ -138,6 +147,11 @@ export function decode(buf) {
       exactly(m.alpha, m.rect, 1, "TileAlpha");
       return m;
     }
+    case AUDIO_START: return { type, codec: r.u8(), sampleRate: r.u32(), channels: r.u8() };
+    case AUDIO_PACKET:
+      // A stream position in µs stays exact as a Number for 285 years.
+      return { type, timestampUs: Number(r.u64()), durationUs: r.u32(), dropped: r.u32(), data: r.rest() };
+    case AUDIO_STOP: return { type };
     default: return { type, unknown: true };
   }
 }
@@ -215,4 +229,9 @@ export function resize(width, height) {
     v.setUint16(2, width, true);
     v.setUint16(4, height, true);
   });
+}
+
+export function audioBuffer(bufferMs) {
+  const ms = Math.max(0, Math.min(MAX_AUDIO_BUFFER_MS, Math.round(bufferMs)));
+  return message(AUDIO_BUFFER, 2, (v) => v.setUint16(2, ms, true));
 }

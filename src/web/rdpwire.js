@@ -3,9 +3,10 @@
 //
 // Modules: protocol.js (message codec), pipeline.js (in-order application), compositor.js
 // (surfaces, cache, screen), avc.js (H.264 through WebCodecs), input.js + keymap.js (mouse
-// and keyboard), pointer.js (the server's cursor).
+// and keyboard), pointer.js (the server's cursor), audio.js + audio-worklet.js (sound).
 //
-// Tests and tools read the page through `window.rdpwire.stats()` and the `#status` text.
+// Tests and tools read the page through `window.rdpwire.stats()` and the `#status` text, and
+// record the sound it plays with `captureAudio` / `takeAudioCapture` (docs/web-client.md).
 
 import * as proto from "./protocol.js";
 import { Compositor } from "./compositor.js";
@@ -13,6 +14,7 @@ import { Pipeline } from "./pipeline.js";
 import { SurfaceDecoder } from "./avc.js";
 import { Input } from "./input.js";
 import { Pointer } from "./pointer.js";
+import { Audio } from "./audio.js";
 
 const PING_INTERVAL_MS = 2000;
 // A window being dragged to a new size sends one Resize, once it has been still this long.
@@ -283,6 +285,12 @@ function send(buf) {
 }
 
 const pointer = new Pointer(screen);
+const audio = new Audio(send, {
+  panel: document.getElementById("audio"),
+  enable: document.getElementById("sound-enable"),
+  mute: document.getElementById("mute"),
+  volume: document.getElementById("volume"),
+});
 const input = new Input(screen, send, () => !ended && opened && stats.sessionId !== null);
 
 function ping() {
@@ -337,6 +345,15 @@ function onMessage(buf) {
       pointer.apply(m);
       stats.cursor = pointer.kind;
       break;
+    case proto.AUDIO_START:
+      audio.start(m);
+      break;
+    case proto.AUDIO_PACKET:
+      audio.packet(m);
+      break;
+    case proto.AUDIO_STOP:
+      audio.stop();
+      break;
     default:
       if (m.unknown) stats.unknownMessages++;
       else onGraphics(m);
@@ -370,6 +387,7 @@ function shutdown() {
   pipeline.clear();
   for (const d of decoders.values()) d.stop();
   decoders.clear();
+  audio.close();
   input.releaseAll();
   if (ws && ws.readyState === WebSocket.OPEN) ws.close(1000, "the page ended the session");
 }
@@ -420,18 +438,26 @@ function tick() {
   lastBytes = stats.bytesReceived;
   const rtt = stats.rttMs === null ? "–" : `${stats.rttMs} ms`;
   const size = stats.width ? ` · ${stats.width}×${stats.height}` : "";
+  const a = audio.stats();
+  const sound = a.audioState === "idle" ? "" : ` · sound ${a.audioState} ${a.audioBufferMs} ms`;
   overlay.textContent =
-    `${stats.fps} fps · ${stats.kbps} kbit/s · ${stats.framesDecoded} frames decoded · rtt ${rtt}${size}`;
+    `${stats.fps} fps · ${stats.kbps} kbit/s · ${stats.framesDecoded} frames decoded · rtt ${rtt}${size}${sound}`;
 }
 
 // --- start -------------------------------------------------------------------------------
 
 window.rdpwire = {
   stats: () => {
-    const s = { ...stats, codecs: [...stats.codecs], ignoredOperations: compositor.ignored, input: { ...input.sent } };
+    const s = {
+      ...stats, codecs: [...stats.codecs], ignoredOperations: compositor.ignored, input: { ...input.sent },
+      ...audio.stats(),
+    };
     if (s.reason === undefined) delete s.reason;
     return s;
   },
+  // Test hooks: record the sound the page plays; see docs/web-client.md.
+  captureAudio: (on) => audio.capture(on),
+  takeAudioCapture: () => audio.takeCapture(),
 };
 
 screen.tabIndex = 0; // focusable, so keys go to the desktop after a click
@@ -442,6 +468,7 @@ window.addEventListener("resize", () => {
   resizeTimer = setTimeout(askForWindowSize, RESIZE_DEBOUNCE_MS);
 });
 input.attach();
+audio.attach();
 setInterval(tick, STATS_INTERVAL_MS);
 tick();
 

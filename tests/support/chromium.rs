@@ -477,6 +477,39 @@ impl Chromium {
         self.mouse_button(x, y, "left", false);
     }
 
+    /// Whether the element `selector` is shown: laid out, not hidden, not transparent.
+    pub fn visible(&mut self, selector: &str) -> bool {
+        let sel = serde_json::to_string(selector).unwrap();
+        self.eval(&format!(
+            "(() => {{ const e = document.querySelector({sel}); \
+                       return !!e && e.checkVisibility({{ checkOpacity: true, checkVisibilityCSS: true }}); }})()"
+        )) == Value::Bool(true)
+    }
+
+    /// A real left click (move, press, release) in the middle of the element `selector`, as
+    /// a user's mouse would make it: what is on top there gets it.
+    pub fn click_element(&mut self, selector: &str) {
+        let sel = serde_json::to_string(selector).unwrap();
+        let v = self.eval(&format!(
+            "(() => {{ const r = document.querySelector({sel}).getBoundingClientRect(); \
+                       return [r.left + r.width / 2, r.top + r.height / 2]; }})()"
+        ));
+        let at = (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
+        self.mouse_event("mouseMoved", at, "none", json!({}));
+        self.mouse_event(
+            "mousePressed",
+            at,
+            "left",
+            json!({ "buttons": 1, "clickCount": 1 }),
+        );
+        self.mouse_event(
+            "mouseReleased",
+            at,
+            "left",
+            json!({ "buttons": 0, "clickCount": 1 }),
+        );
+    }
+
     /// A wheel event at desktop pixel (`x`, `y`), deltas in CSS pixels as a mouse sends them.
     pub fn wheel(&mut self, x: u32, y: u32, delta_x: f64, delta_y: f64) {
         let at = self.page_point(x, y);

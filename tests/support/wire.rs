@@ -174,6 +174,28 @@ pub fn tile_alpha(surface: u16, rect: Rect, alpha: &[u8]) -> Vec<u8> {
     m
 }
 
+/// `codec`: 1 Opus; `channels`: 1 or 2 (other values too, to test how a page copes).
+pub fn audio_start(codec: u8, sample_rate: u32, channels: u8) -> Vec<u8> {
+    let mut m = msg(0x20);
+    m.push(codec);
+    let mut m = m.u32(sample_rate);
+    m.push(channels);
+    m
+}
+
+/// One Opus packet; `dropped` is the gateway's running total of packets it dropped.
+pub fn audio_packet(timestamp_us: u64, duration_us: u32, dropped: u32, data: &[u8]) -> Vec<u8> {
+    let mut m = msg(0x21);
+    m.extend_from_slice(&timestamp_us.to_le_bytes());
+    let mut m = m.u32(duration_us).u32(dropped);
+    m.extend_from_slice(data);
+    m
+}
+
+pub fn audio_stop() -> Vec<u8> {
+    msg(0x22)
+}
+
 /// A message from the page, decoded strictly: a wrong length is a test failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromPage {
@@ -218,6 +240,9 @@ pub enum FromPage {
     Resize {
         width: u16,
         height: u16,
+    },
+    AudioBuffer {
+        buffer_ms: u16,
     },
 }
 
@@ -301,6 +326,12 @@ pub fn decode_from_page(m: &[u8]) -> FromPage {
                 width: u16_at(0),
                 height: u16_at(2),
             }
+        }
+        0x8a => {
+            len(2);
+            let buffer_ms = u16_at(0);
+            assert!(buffer_ms <= 10_000, "AudioBuffer of {buffer_ms} ms: {m:?}");
+            FromPage::AudioBuffer { buffer_ms }
         }
         other => panic!("page sent unknown type 0x{other:02x}: {m:?}"),
     }
