@@ -498,16 +498,20 @@ impl Session {
         self.out.pop_front()
     }
 
-    /// Lends the next message to write to `send`: sound first (small, and late sound is
-    /// useless), then everything else in order.
-    pub fn transmit_next<R>(&mut self, send: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    /// The next message to write: sound first (small, and late sound is useless), lent to
+    /// `copy`; then everything else in order, handed over (a large message is moved, not
+    /// copied).
+    pub fn transmit_next<R>(
+        &mut self,
+        copy: impl FnOnce(&[u8]) -> R,
+        take: impl FnOnce(Outbound) -> R,
+    ) -> Option<R> {
         if let Some(a) = &self.audio {
             if a.with(|p| p.has_output()).unwrap_or(false) {
-                return a.with(|p| p.next_message(send)).flatten();
+                return a.with(|p| p.next_message(copy)).flatten();
             }
         }
-        let out = self.out.pop_front()?;
-        Some(send(out.bytes()))
+        self.out.pop_front().map(take)
     }
 
     /// True when something waits to be written to the page.

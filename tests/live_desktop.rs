@@ -318,6 +318,17 @@ fn rss(pid: u32) -> u64 {
 
 #[test]
 fn a_1080p_session_costs_the_gateway_no_framebuffer() {
+    stream_1080p(false);
+}
+
+/// Key frames far larger than a pool chunk (a tiled random bitmap makes H.264 frames of about
+/// a megabyte) are written to the page whole, from where the RDP side left them.
+#[test]
+fn large_key_frames_reach_the_page_whole() {
+    stream_1080p(true);
+}
+
+fn stream_1080p(noisy: bool) {
     let server = freerdp::ShadowServer::start(1920, 1080);
     let (gw, _dir) = gateway_for(&server);
     std::thread::sleep(Duration::from_millis(300));
@@ -332,28 +343,42 @@ fn a_1080p_session_costs_the_gateway_no_framebuffer() {
             target: "shadow".into(),
         },
     );
-    // The shadow server sends a frame only when the screen changes: keep repainting it.
+    // The shadow server sends a frame only when the screen changes: keep repainting it, every
+    // other time with a tiled random bitmap, whose key frames are far larger than one pool
+    // chunk (they are written whole, from the heap).
     let display = server.display;
+    let noise = std::env::temp_dir().join(format!("rdpwire-noise-{}.xbm", std::process::id()));
+    std::fs::write(&noise, random_xbm(256, 256)).unwrap();
     let painting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let painter = {
         let painting = painting.clone();
+        let noise = noise.clone();
         std::thread::spawn(move || {
             let colours = ["red", "blue", "green", "white", "black", "yellow"];
             let mut i = 0;
             while painting.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = std::process::Command::new("xsetroot")
-                    .args(["-display", &format!(":{display}"), "-solid", colours[i % 6]])
-                    .status();
+                let display = format!(":{display}");
+                let mut cmd = std::process::Command::new("xsetroot");
+                cmd.args(["-display", &display]);
+                if !noisy || i % 2 == 0 {
+                    cmd.args(["-solid", colours[i % 6]]);
+                } else {
+                    cmd.arg("-bitmap")
+                        .arg(&noise)
+                        .args(["-fg", colours[i % 6], "-bg", "black"]);
+                }
+                let _ = cmd.status();
                 i += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
     let started = Instant::now();
-    let (mut frames, mut bytes, mut peak) = (0u32, 0usize, 0u64);
+    let (mut frames, mut bytes, mut peak, mut largest) = (0u32, 0usize, 0u64, 0usize);
     while started.elapsed() < Duration::from_secs(4) {
         let m = next_logged(&mut ws, &gw);
         bytes += m.len();
+        largest = largest.max(m.len());
         match ToBrowser::decode(&m).unwrap() {
             ToBrowser::DesktopSize { width, height } => assert_eq!((width, height), (1920, 1080)),
             ToBrowser::EndFrame { frame_id } => {
@@ -373,11 +398,19 @@ fn a_1080p_session_costs_the_gateway_no_framebuffer() {
     }
     painting.store(false, std::sync::atomic::Ordering::Relaxed);
     painter.join().unwrap();
+    let _ = std::fs::remove_file(&noise);
     let above = peak.saturating_sub(idle);
     println!(
-        "1080p: {frames} frames, {bytes} bytes forwarded, gateway anonymous RSS idle {idle} peak {peak} (+{above})"
+        "1080p: {frames} frames, {bytes} bytes forwarded, largest message {largest} bytes, gateway anonymous RSS idle {idle} peak {peak} (+{above})"
     );
     assert!(frames >= 4, "only {frames} frames in 4 s");
+    if noisy {
+        assert!(
+            largest > 64 << 10,
+            "no message above 64 KiB reached the page (largest {largest} bytes)"
+        );
+        return;
+    }
     // A 1920×1080 RGBA framebuffer alone would be 7.9 MiB.
     assert!(
         above < 8 << 20,
@@ -413,4 +446,23 @@ fn wrong_password_and_unreachable_host_are_reported_in_words() {
             break;
         }
     }
+}
+
+/// An X bitmap of random bits: tiled over the screen, a picture H.264 cannot make small.
+fn random_xbm(width: u32, height: u32) -> String {
+    let mut seed = 0x9e37_79b9_u32;
+    let mut out = format!(
+        "#define noise_width {width}\n#define noise_height {height}\nstatic unsigned char noise_bits[] = {{\n"
+    );
+    for i in 0..width * height / 8 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        out.push_str(&format!("0x{:02x},", seed & 0xff));
+        if i % 16 == 15 {
+            out.push('\n');
+        }
+    }
+    out.push_str("};\n");
+    out
 }

@@ -21,7 +21,7 @@ use tungstenite::{Bytes, Message};
 
 use crate::protocol::State;
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
-use crate::session::{Action, Phase, Session};
+use crate::session::{Action, Outbound, Phase, Session};
 use crate::sizing::WS_READ_BUFFER;
 use crate::telemetry::{CoreCounters, Direction};
 
@@ -238,7 +238,11 @@ fn poll_write(
             Poll::Ready(Err(err)) => return Poll::Ready(Err(failed(err))),
             Poll::Pending => return Poll::Pending,
         }
-        let Some(bytes) = session.transmit_next(Bytes::copy_from_slice) else {
+        let next = session.transmit_next(Bytes::copy_from_slice, |out| match out {
+            Outbound::Large(v) => Bytes::from(v),
+            pooled => Bytes::copy_from_slice(pooled.bytes()),
+        });
+        let Some(bytes) = next else {
             break;
         };
         counters.add_bytes(Direction::BrowserOut, bytes.len());
