@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use rdpwire::demo::{DemoOptions, DemoServer, Observed};
+use rdpwire::demo::{DemoAudio, DemoOptions, DemoServer, Observed};
 
 const USER: &str = "demo";
 const PASS: &str = "demo-pass-123";
@@ -28,11 +28,16 @@ fn init_logs() {
 }
 
 fn start() -> DemoServer {
+    start_with(DemoAudio::default())
+}
+
+fn start_with(audio: DemoAudio) -> DemoServer {
     init_logs();
     DemoServer::start(DemoOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         username: USER.to_owned(),
         password: PASS.to_owned(),
+        audio,
     })
     .unwrap()
 }
