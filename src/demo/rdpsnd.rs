@@ -138,9 +138,17 @@ impl SoundChannel {
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
-        if let Some(held_ms) = stream.confirm(block_no, timestamp) {
-            self.shared.waves_confirmed.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(block_no, held_ms, "wave confirmed");
+        if let Some(confirmed) = stream.confirm(block_no, timestamp) {
+            let waves = u64::try_from(confirmed.waves).unwrap_or(u64::MAX);
+            self.shared
+                .waves_confirmed
+                .fetch_add(waves, Ordering::Relaxed);
+            tracing::trace!(
+                block_no,
+                held_ms = confirmed.held_ms,
+                waves,
+                "wave confirmed"
+            );
         }
     }
 }

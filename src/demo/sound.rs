@@ -384,6 +384,15 @@ pub struct Pumped {
     pub dropped: u32,
 }
 
+/// What a Wave Confirm released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// Waves no longer in flight: the confirmed one and any sent before it.
+    pub waves: usize,
+    /// How long the client says it held the confirmed wave (its timestamp minus ours).
+    pub held_ms: u16,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     block_no: u8,
@@ -497,13 +506,15 @@ impl AudioStream {
     }
 
     /// A Wave Confirm: the wave sent under `block_no`, and every one sent before it, is done.
-    /// Returns how long the client held it (ms), or `None` if no wave awaits that confirm
-    /// (clients such as Windows and FreeRDP confirm each wave twice).
-    pub fn confirm(&mut self, block_no: u8, timestamp: u16) -> Option<u16> {
+    /// `None` if no wave awaits that confirm (Windows and FreeRDP confirm each wave twice).
+    pub fn confirm(&mut self, block_no: u8, timestamp: u16) -> Option<Confirmed> {
         let at = self.in_flight.iter().position(|w| w.block_no == block_no)?;
         let wave = self.in_flight.get(at).copied()?;
         self.in_flight.drain(..=at);
-        Some(timestamp.wrapping_sub(wave.timestamp))
+        Some(Confirmed {
+            waves: at + 1,
+            held_ms: timestamp.wrapping_sub(wave.timestamp),
+        })
     }
 
     /// The next wave's samples into `self.mono`.
@@ -701,7 +712,13 @@ mod tests {
         assert_eq!(s.next_due_ms(), None, "nothing to wake up for");
         // One late confirm (for a wave, not the last): the window moves by that much,
         // and what was due meanwhile is gone, not sent.
-        assert_eq!(s.confirm(9, 250), Some(250 - 180));
+        assert_eq!(
+            s.confirm(9, 250),
+            Some(Confirmed {
+                waves: 10,
+                held_ms: 250 - 180
+            })
+        );
         assert!(
             s.confirm(9, 260).is_none(),
             "a second confirm is not counted"

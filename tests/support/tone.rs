@@ -65,7 +65,11 @@ pub fn tones(samples: &[f32], rate: u32, window: usize, threshold: f64) -> Vec<T
     while at + window <= samples.len() {
         let w = &samples[at..at + window];
         let loud = rms(w) >= threshold;
-        let f = if loud { dominant_frequency(w, rate) } else { 0.0 };
+        let f = if loud {
+            dominant_frequency(w, rate)
+        } else {
+            0.0
+        };
         current = match (current, loud) {
             (Some((start, len, f0)), true) if (f - f0).abs() / f0 < 0.03 => {
                 Some((start, len + window, f0))
