@@ -396,6 +396,58 @@ fn freerdp_gfx_avc420_session_shows_the_desktop_and_forwards_input() {
     });
 }
 
+/// FreeRDP's sound channel (the `fake` backend: negotiates, receives and confirms, plays
+/// nothing) hears the tune the demo's button plays, and confirms every wave (twice: on
+/// receipt and after playing, which must not count twice).
+#[test]
+fn freerdp_hears_the_tune_and_confirms_every_wave() {
+    let Some(client) = xfreerdp() else { return };
+    let Some(x) = Xvfb::start() else { return };
+    if !have("xdotool") {
+        apt_install(&["xdotool"]);
+    }
+    let server = start();
+    let mut args = freerdp_args(server.addr(), USER, PASS);
+    args.extend([
+        "/size:800x600".to_owned(),
+        "/gfx:AVC420".to_owned(),
+        "-clipboard".to_owned(),
+        "/sound:sys:fake".to_owned(),
+    ]);
+    let child = Command::new(&client)
+        .args(&args)
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &server,
+        "FreeRDP on the desktop, sound negotiated",
+        Duration::from_secs(20),
+        |o| o.frames_acked >= 10 && o.audio_sessions == 1,
+    );
+    // Without a window manager FreeRDP's window sits at the screen's origin.
+    let (x0, y0, w, h) = rdpwire::demo::painter::TUNE_BUTTON;
+    let (bx, by) = ((x0 + w / 2).to_string(), (y0 + h / 2).to_string());
+    x_tool(&x, "xdotool", &["mousemove", &bx, &by, "click", "1"]);
+    let seen = wait_for(
+        &server,
+        "the tune's waves confirmed",
+        Duration::from_secs(10),
+        |o| o.waves_confirmed >= 40,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen_later = server.observed();
+    let _ = run_with_timeout(child, Duration::from_millis(100));
+    assert_eq!(
+        (seen_later.waves_sent, seen_later.waves_confirmed),
+        (40, 40),
+        "{seen:?}"
+    );
+    assert_eq!(seen_later.waves_dropped, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // IronRDP client (decodes the H.264 stream)
 // ---------------------------------------------------------------------------------------------
