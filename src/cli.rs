@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::config::{keys, ConfigError, Explicit, Layers, Origin, Settings};
+use crate::demo::DemoAudio;
 
 pub fn command() -> Command {
     let settings_args: Vec<Arg> = keys::ALL
@@ -54,7 +56,23 @@ pub fn command() -> Command {
                     "Run the gateway with an embedded demo desktop on loopback and print the URL to open",
                 )
                 .arg(config_arg.clone())
-                .args(settings_args.clone()),
+                .args(settings_args.clone())
+                .arg(
+                    Arg::new("audio-format")
+                        .long("audio-format")
+                        .env("RDPWIRE_DEMO_AUDIO_FORMAT")
+                        .value_name("FORMAT")
+                        .value_parser(
+                            clap::builder::PossibleValuesParser::new(DemoAudio::NAMES)
+                                .try_map(|s| s.parse::<DemoAudio>()),
+                        )
+                        .default_value(DemoAudio::default().as_str())
+                        .help(
+                            "Sound format of the demo desktop, if the client accepts it (else \
+                             any PCM it accepts): PCM 44.1 kHz, PCM 48 kHz, Opus 48 kHz, or no \
+                             sound",
+                        ),
+                ),
         )
         .subcommand(
             Command::new("probe")
@@ -89,6 +107,13 @@ pub fn command() -> Command {
         )
 }
 
+/// The demo subcommand's sound format (`--audio-format`).
+pub fn demo_audio(m: &ArgMatches) -> DemoAudio {
+    m.get_one::<DemoAudio>("audio-format")
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Settings from a subcommand's matches: CLI and environment first, then the file.
 pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
     let mut explicit = Explicit::new();
@@ -106,4 +131,26 @@ pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
         layers = layers.with_file(path)?;
     }
     layers.resolve()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn demo(args: &[&str]) -> Result<DemoAudio, clap::Error> {
+        let m = command().try_get_matches_from([&["rdpwire", "demo"], args].concat())?;
+        Ok(demo_audio(m.subcommand_matches("demo").unwrap()))
+    }
+
+    #[test]
+    fn the_demo_takes_an_audio_format() {
+        assert_eq!(demo(&[]).unwrap(), DemoAudio::Pcm44);
+        assert_eq!(demo(&["--audio-format", "opus"]).unwrap(), DemoAudio::Opus);
+        assert_eq!(demo(&["--audio-format", "off"]).unwrap(), DemoAudio::Off);
+        assert!(demo(&["--audio-format", "mp3"]).is_err());
+        assert!(command()
+            .try_get_matches_from(["rdpwire", "serve", "--audio-format", "opus"])
+            .is_err());
+    }
 }

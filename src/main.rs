@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         "demo" => {
             init_logging(settings.log_format);
             install_panic_hook();
-            match demo(settings) {
+            match demo(settings, cli::demo_audio(sub)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(err = %format!("{err:#}"), "demo stopped");
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
 
 /// The gateway plus the embedded demo desktop on loopback, as the target `demo`, which is
 /// also what a page that names no target opens.
-fn demo(mut settings: Settings) -> anyhow::Result<()> {
+fn demo(mut settings: Settings, audio: rdpwire::demo::DemoAudio) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut secret = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -108,6 +108,7 @@ fn demo(mut settings: Settings) -> anyhow::Result<()> {
         bind: "127.0.0.1:0".parse()?,
         username: "demo".to_owned(),
         password: password.clone(),
+        audio,
     })
     .context("starting the demo desktop")?;
     let addr = server.addr();

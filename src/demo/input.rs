@@ -11,6 +11,7 @@ const SC_ENTER: u16 = 0x1C;
 const SC_LSHIFT: u16 = 0x2A;
 const SC_RSHIFT: u16 = 0x36;
 const SC_CAPS: u16 = 0x3A;
+const SC_F9: u16 = 0x43;
 
 /// Translates keyboard and mouse events; tracks Shift and Caps Lock for scancodes.
 #[derive(Debug, Default)]
@@ -18,6 +19,8 @@ pub struct InputMapper {
     shift_left: bool,
     shift_right: bool,
     caps: bool,
+    /// F9 is held: auto-repeated key downs must not toggle the tone again and again.
+    f9_down: bool,
     /// A UTF-16 high surrogate waiting for its low half.
     high_surrogate: Option<u16>,
 }
@@ -105,6 +108,11 @@ impl InputMapper {
                     (SC_RSHIFT, false) => self.shift_right = !release,
                     (SC_CAPS, false) if !release => self.caps = !self.caps,
                     _ => {}
+                }
+                if (code, extended) == (SC_F9, false) {
+                    let first_down = !release && !self.f9_down;
+                    self.f9_down = !release;
+                    return first_down.then_some(DesktopEvent::ToggleTone);
                 }
                 if release {
                     return None;
@@ -235,6 +243,15 @@ mod tests {
         assert_eq!(sc(&mut m, 0x0E, false), Some(DesktopEvent::Backspace));
         assert_eq!(sc(&mut m, 0x1C, false), Some(DesktopEvent::Enter));
         assert_eq!(sc(&mut m, 0x3B, false), None, "F1 types nothing");
+    }
+
+    #[test]
+    fn f9_toggles_the_tone_once_per_press() {
+        let mut m = InputMapper::default();
+        assert_eq!(sc(&mut m, 0x43, false), Some(DesktopEvent::ToggleTone));
+        assert_eq!(sc(&mut m, 0x43, false), None, "auto-repeat");
+        assert_eq!(sc(&mut m, 0x43, true), None);
+        assert_eq!(sc(&mut m, 0x43, false), Some(DesktopEvent::ToggleTone));
     }
 
     #[test]

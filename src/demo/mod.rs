@@ -16,8 +16,18 @@
 //! client that stops acknowledging stops the stream. Clients without EGFX or without AVC420
 //! connect but get no pictures (logged).
 //!
+//! Sound goes over the static RDPSND channel (MS-RDPEA) when the client joins it: the server
+//! offers PCM 16-bit stereo at 44.1 and 48 kHz and Opus 48 kHz stereo, and sends in the
+//! format [`DemoOptions::audio`] names (else any PCM the client accepted, else nothing). Typed
+//! keys blip, the [`painter::TUNE_BUTTON`] plays 440 Hz then 880 Hz, F9 toggles a 660 Hz tone:
+//! 20 ms waves in real time, never more than [`sound::MAX_LEAD_MS`] ahead, at most
+//! [`sound::MAX_WAVES_IN_FLIGHT`] unconfirmed (a client that stops confirming stops the
+//! sound, and what falls due meanwhile is dropped, not queued).
+//!
 //! - [`painter`]: the desktop itself, pure (input events in, RGBA out);
 //! - [`input`]: RDP input events to desktop events (scancodes with a US layout, unicode);
+//! - [`sound`]: what plays when, synthesis, pacing and encoding, pure (a clock in, waves out);
+//! - `rdpsnd`: the sound channel (IronRDP's RDPSND server around a [`sound::AudioStream`]);
 //! - `encoder`: OpenH264; `tls`: certificate and rustls; `io`: blocking I/O for IronRDP's
 //!   async acceptor; `session`: one connection.
 
@@ -25,7 +35,9 @@ mod encoder;
 pub mod input;
 mod io;
 pub mod painter;
+mod rdpsnd;
 mod session;
+pub mod sound;
 mod tls;
 
 use std::collections::HashMap;
@@ -42,6 +54,7 @@ use tracing::{debug, info, warn};
 pub use self::encoder::FPS;
 use self::painter::DesktopEvent;
 pub use self::session::MAX_FRAMES_IN_FLIGHT;
+pub use self::sound::DemoAudio;
 
 /// Connections served at once; more are refused (closed at once).
 pub const MAX_CONNECTIONS: usize = 16;
@@ -62,6 +75,8 @@ pub struct DemoOptions {
     /// The one account the server accepts.
     pub username: String,
     pub password: String,
+    /// The sound format to send in (`off`: no sound channel).
+    pub audio: DemoAudio,
 }
 
 impl std::fmt::Debug for DemoOptions {
@@ -70,6 +85,7 @@ impl std::fmt::Debug for DemoOptions {
             .field("bind", &self.bind)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("audio", &self.audio)
             .finish()
     }
 }
@@ -98,6 +114,10 @@ pub enum DemoError {
     AuthenticationFailed(String),
     #[error("h.264 encoder: {0}")]
     Encoder(String),
+    #[error("audio: {0}")]
+    Audio(String),
+    #[error("unknown audio format {0:?}: use pcm44, pcm48, opus or off")]
+    AudioFormatName(String),
     #[error("rdp protocol error: {0}")]
     Protocol(String),
     #[error("socket error: {0}")]
@@ -123,6 +143,14 @@ pub struct Observed {
     pub frames_acked: u64,
     /// Desktop size of the most recent session.
     pub desktop_size: Option<(u16, u16)>,
+    /// Sessions that agreed on a sound format (sound is sent from then on).
+    pub audio_sessions: usize,
+    /// Waves (20 ms of sound each) sent, all sessions together.
+    pub waves_sent: u64,
+    /// Waves the clients confirmed (each counted once).
+    pub waves_confirmed: u64,
+    /// Waves not sent because their time had passed (client not confirming, or a stall).
+    pub waves_dropped: u64,
 }
 
 /// A running demo server. Dropping it stops it: the listener closes, sessions end and
@@ -137,10 +165,14 @@ pub struct DemoServer {
 struct Shared {
     identity: tls::TlsIdentity,
     credentials: Credentials,
+    audio: DemoAudio,
     stop: AtomicBool,
     observed: Mutex<Observed>,
     frames_sent: AtomicU64,
     frames_acked: AtomicU64,
+    waves_sent: AtomicU64,
+    waves_confirmed: AtomicU64,
+    waves_dropped: AtomicU64,
     /// Clones of the live sessions' sockets, to unblock them on stop.
     sockets: Mutex<HashMap<u64, TcpStream>>,
 }
@@ -172,6 +204,7 @@ impl Shared {
                 observed.typed.pop();
             }
             DesktopEvent::Enter => observed.typed.push('\n'),
+            DesktopEvent::ToggleTone => {}
         }
     }
 }
@@ -196,10 +229,14 @@ impl DemoServer {
                 password: opts.password,
                 domain: None,
             },
+            audio: opts.audio,
             stop: AtomicBool::new(false),
             observed: Mutex::new(Observed::default()),
             frames_sent: AtomicU64::new(0),
             frames_acked: AtomicU64::new(0),
+            waves_sent: AtomicU64::new(0),
+            waves_confirmed: AtomicU64::new(0),
+            waves_dropped: AtomicU64::new(0),
             sockets: Mutex::new(HashMap::new()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -207,7 +244,7 @@ impl DemoServer {
             .name("rdpwire-demo-accept".to_owned())
             .spawn(move || accept_loop(&listener, &accept_shared))
             .map_err(DemoError::Thread)?;
-        info!(%addr, "demo rdp server listening");
+        info!(%addr, audio = %opts.audio, "demo rdp server listening");
         Ok(DemoServer {
             addr,
             shared,
@@ -225,6 +262,9 @@ impl DemoServer {
         let mut observed = self.shared.lock_observed().clone();
         observed.frames_sent = self.shared.frames_sent.load(Ordering::Relaxed);
         observed.frames_acked = self.shared.frames_acked.load(Ordering::Relaxed);
+        observed.waves_sent = self.shared.waves_sent.load(Ordering::Relaxed);
+        observed.waves_confirmed = self.shared.waves_confirmed.load(Ordering::Relaxed);
+        observed.waves_dropped = self.shared.waves_dropped.load(Ordering::Relaxed);
         observed
     }
 }

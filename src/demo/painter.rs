@@ -5,7 +5,8 @@
 //! - [`RED_SQUARE`]: a flat pure red square, for pixel checks after H.264;
 //! - a title, a clock `HH:MM:SS.t UTC` and a frame counter right of the square;
 //! - a band with a bar that moves with time (something changes every frame);
-//! - the typed-text line, and one marker per click (drawn last, on top).
+//! - [`TUNE_BUTTON`]: a button that plays a tune (the session makes the sound);
+//! - the typed-text line, and one marker per click outside the button (drawn last, on top).
 
 use std::collections::VecDeque;
 
@@ -25,6 +26,9 @@ pub const TEXT: [u8; 3] = [255, 255, 255];
 pub const CLOCK_AT: (u16, u16, u16) = (260, 76, 4);
 /// Top-left corner of the typed-text line and its scale.
 pub const TYPED_AT: (u16, u16, u16) = (40, 330, 2);
+/// The "play tune" button: `(x, y, width, height)`. A click inside plays the tune and drops no
+/// marker.
+pub const TUNE_BUTTON: (u16, u16, u16, u16) = (260, 176, 200, 44);
 /// Vertical extent of the band with the moving bar: `(top, height)`.
 pub const BAR_BAND: (u16, u16) = (270, 40);
 /// Clicks remembered (and drawn) per desktop; older ones fall off.
@@ -35,6 +39,12 @@ const MAX_TYPED: usize = 512;
 const TITLE_AT: (u16, u16, u16) = (260, 40, 2);
 const FRAME_AT: (u16, u16, u16) = (260, 120, 2);
 const HINT_AT: (u16, u16, u16) = (40, 360, 1);
+const HINTS: [&str; 2] = [
+    "click to drop a marker, type to write on this line (each key beeps)",
+    "click \"play tune\" for a tune; F9 turns a steady tone on and off",
+];
+const BUTTON_FACE: [u8; 3] = [60, 70, 140];
+const BUTTON_EDGE: [u8; 3] = [150, 170, 255];
 const BAR_WIDTH: i64 = 64;
 const BAR_SPEED_PX_PER_S: i64 = 320;
 const BAND_COLOUR: [u8; 3] = [40, 40, 48];
@@ -51,6 +61,8 @@ pub enum DesktopEvent {
     Backspace,
     /// Enter: start a new (empty) line.
     Enter,
+    /// F9: start or stop the steady tone. Only heard, nothing is drawn.
+    ToggleTone,
 }
 
 /// Time inputs for one frame, supplied by the caller so painting stays pure.
@@ -110,10 +122,8 @@ impl Desktop {
             RED,
         );
         desktop.text(TITLE_AT, "rdpwire demo desktop");
-        desktop.text(
-            HINT_AT,
-            "click to drop a marker, type to write on this line",
-        );
+        desktop.paint_button();
+        desktop.paint_hints();
         desktop.base = desktop.rgba.clone();
         desktop
     }
@@ -136,6 +146,7 @@ impl Desktop {
     /// Applies one input event.
     pub fn apply(&mut self, event: DesktopEvent) {
         match event {
+            DesktopEvent::Click { x, y } if in_tune_button(x, y) => {}
             DesktopEvent::Click { x, y } => {
                 if self.markers.len() == MAX_MARKERS {
                     self.markers.pop_front();
@@ -154,6 +165,7 @@ impl Desktop {
                 self.line.pop();
             }
             DesktopEvent::Enter => self.line.clear(),
+            DesktopEvent::ToggleTone => {}
         }
     }
 
@@ -165,10 +177,7 @@ impl Desktop {
         self.paint_bar(clock.elapsed_ms);
         let shown = self.visible_line();
         self.text(TYPED_AT, &format!("> {shown}_"));
-        self.text(
-            HINT_AT,
-            "click to drop a marker, type to write on this line",
-        );
+        self.paint_hints();
         let markers: Vec<(u16, u16)> = self.markers.iter().copied().collect();
         for (x, y) in markers {
             self.marker(i32::from(x), i32::from(y));
@@ -212,6 +221,36 @@ impl Desktop {
                 }
             }
         }
+    }
+
+    fn paint_hints(&mut self) {
+        let (x, y, scale) = HINT_AT;
+        for (line, hint) in (0u16..).zip(HINTS) {
+            self.text((x, y + line * 12 * scale, scale), hint);
+        }
+    }
+
+    /// The tune button: a frame, a note (font8x8 has no music glyphs) and "play tune".
+    fn paint_button(&mut self) {
+        let (x, y, w, h) = TUNE_BUTTON;
+        let (x, y, w, h) = (i32::from(x), i32::from(y), i32::from(w), i32::from(h));
+        self.fill_rect(x, y, w, h, BUTTON_EDGE);
+        self.fill_rect(x + 2, y + 2, w - 4, h - 4, BUTTON_FACE);
+        // An eighth note: a head, a stem rising from its right side, a flag.
+        let (head_x, head_y) = (x + 20, y + 30);
+        for dy in -4i32..=4 {
+            for dx in -6i32..=6 {
+                if dx * dx * 16 + dy * dy * 36 <= 576 {
+                    self.put(head_x + dx, head_y + dy, TEXT);
+                }
+            }
+        }
+        self.fill_rect(head_x + 4, y + 8, 2, 22, TEXT);
+        self.fill_rect(head_x + 6, y + 8, 4, 3, TEXT);
+        self.fill_rect(head_x + 9, y + 10, 3, 6, TEXT);
+        let label_y = u16::try_from(y + (h - 16) / 2).unwrap_or(0);
+        let label_x = u16::try_from(x + 40).unwrap_or(0);
+        self.text((label_x, label_y, 2), "play tune");
     }
 
     fn paint_bar(&mut self, elapsed_ms: u64) {
@@ -297,6 +336,12 @@ impl Desktop {
     fn put(&mut self, x: i32, y: i32, c: [u8; 3]) {
         self.fill_rect(x, y, 1, 1, c);
     }
+}
+
+/// Whether desktop point (x, y) is on [`TUNE_BUTTON`].
+pub fn in_tune_button(x: u16, y: u16) -> bool {
+    let (bx, by, w, h) = TUNE_BUTTON;
+    (bx..bx + w).contains(&x) && (by..by + h).contains(&y)
 }
 
 /// `HH:MM:SS.t UTC` for a time of day in milliseconds.
@@ -393,6 +438,26 @@ mod tests {
         d.apply(DesktopEvent::Click { x: 100, y: 100 });
         d.paint(clock(0, 0, 2));
         assert_eq!(d.pixel(100, 100), MARKER);
+    }
+
+    #[test]
+    fn the_tune_button_is_drawn_and_takes_no_marker() {
+        let mut d = Desktop::new(800, 600);
+        d.paint(clock(0, 0, 0));
+        let (x, y, w, h) = TUNE_BUTTON;
+        assert_eq!(d.pixel(x, y), BUTTON_EDGE);
+        assert_eq!(d.pixel(x + w - 1, y + h - 1), BUTTON_EDGE);
+        assert_eq!(d.pixel(x + w - 6, y + 4), BUTTON_FACE);
+        assert_eq!(d.pixel(x + 20, y + 30), TEXT, "the note's head");
+        assert!(in_tune_button(x, y) && in_tune_button(x + w - 1, y + h - 1));
+        assert!(!in_tune_button(x + w, y) && !in_tune_button(x, y + h));
+        let (cx, cy) = (x + w - 8, y + h / 2);
+        let before = d.pixel(cx, cy);
+        d.apply(DesktopEvent::Click { x: cx, y: cy });
+        d.apply(DesktopEvent::ToggleTone);
+        d.paint(clock(0, 0, 1));
+        assert_eq!(d.pixel(cx, cy), before, "no marker on the button");
+        assert_eq!(d.line(), "");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! One client connection: the RDP handshake (TLS, CredSSP) and the active session loop.
 //!
 //! Thread per connection, blocking sockets. The loop alternates between reading client PDUs
-//! (with a read timeout that ends at the next frame deadline) and producing a frame.
+//! (with a read timeout that ends at the next frame or sound deadline), producing a frame and
+//! sending the sound waves that are due. Sound is paced on its own 20 ms clock, checked on
+//! every turn of the loop, so a slow frame delays it by at most that frame (less than the
+//! sound's lead) and sound never waits for frame acknowledgements.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -31,6 +34,8 @@ use super::encoder::{FPS, H264};
 use super::input::InputMapper;
 use super::io::{block_on, Blocking, NoNetwork};
 use super::painter::{Desktop, DesktopEvent, FrameClock};
+use super::rdpsnd::SoundChannel;
+use super::sound::{DemoAudio, Sound};
 use super::{DemoError, Shared};
 
 /// Largest desktop the demo paints (OpenH264's limit); larger requests are clamped.
@@ -113,6 +118,9 @@ fn handshake(
         shared: Arc::clone(shared),
     }));
     acceptor.attach_static_channel(DrdynvcServer::new().with_dynamic_channel(gfx));
+    if shared.audio != DemoAudio::Off {
+        acceptor.attach_static_channel(SoundChannel::new(shared.audio, Arc::clone(shared)));
+    }
 
     let framed = Framed::<Blocking<TcpStream>>::new(tcp);
     let tcp = match block_on(ironrdp_acceptor::accept_begin(framed, &mut acceptor)) {
@@ -308,6 +316,8 @@ struct Session<'a> {
     io_channel_id: u16,
     channels: StaticChannelSet,
     drdynvc_id: Option<u16>,
+    /// The sound channel, when the client joined it.
+    sound_id: Option<u16>,
     desktop: Desktop,
     input: InputMapper,
     gfx: GfxState,
@@ -408,6 +418,12 @@ impl<'a> Session<'a> {
         let drdynvc_id = result
             .static_channels
             .get_channel_id_by_type::<DrdynvcServer>();
+        let sound_id = result
+            .static_channels
+            .get_channel_id_by_type::<SoundChannel>();
+        if sound_id.is_none() && shared.audio != DemoAudio::Off {
+            info!("the client did not join the sound channel (rdpsnd); no sound");
+        }
         let mut session = Session {
             stream,
             rx: leftover,
@@ -415,6 +431,7 @@ impl<'a> Session<'a> {
             io_channel_id: result.io_channel_id,
             channels: result.static_channels,
             drdynvc_id,
+            sound_id,
             desktop: Desktop::new(size.0, size.1),
             input: InputMapper::default(),
             gfx: GfxState::new(),
@@ -465,7 +482,11 @@ impl<'a> Session<'a> {
                     next_frame = now + period;
                 }
             }
-            let wait = next_frame
+            self.pump_sound()?;
+            let deadline = self
+                .sound_due()
+                .map_or(next_frame, |due| due.min(next_frame));
+            let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             self.stream.sock.set_read_timeout(Some(wait))?;
@@ -604,6 +625,44 @@ impl<'a> Session<'a> {
     fn apply(&mut self, event: DesktopEvent) {
         self.desktop.apply(event);
         self.shared.record(event);
+        if let Some(sound) = Sound::for_event(event) {
+            let now_ms = self.now_ms();
+            if let Some(channel) = self.sound_channel() {
+                channel.trigger(sound, now_ms);
+            }
+        }
+    }
+
+    /// The session clock that sound timestamps are on.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sound_channel(&mut self) -> Option<&mut SoundChannel> {
+        self.channels
+            .get_by_channel_id_mut(self.sound_id?)?
+            .channel_processor_downcast_mut::<SoundChannel>()
+    }
+
+    /// When the next sound wave is due, if one is.
+    fn sound_due(&mut self) -> Option<Instant> {
+        let due_ms = self.sound_channel()?.next_due_ms()?;
+        Some(self.started + Duration::from_millis(due_ms))
+    }
+
+    /// Sends the sound waves that are due.
+    fn pump_sound(&mut self) -> Result<(), DemoError> {
+        let now_ms = self.now_ms();
+        let (Some(id), Some(channel)) = (self.sound_id, self.sound_channel()) else {
+            return Ok(());
+        };
+        let messages = channel.pump(now_ms);
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let out =
+            server_encode_svc_messages(messages, id, self.user_channel_id).map_err(encode_err)?;
+        self.send(&out)
     }
 
     /// One frame period: keep the EGFX surface set up and send a frame if flow control allows.

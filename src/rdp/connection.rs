@@ -84,6 +84,7 @@ pub fn config(target: &Target, size: DesktopSize) -> Config {
         hardware_id: None,
         request_data: None,
         autologon: false,
+        // Set by `connector` when the session plays sound.
         enable_audio_playback: false,
         enable_audio_capture: false,
         performance_flags: Default::default(),
@@ -109,7 +110,9 @@ pub fn connector(
     let dvc = DrdynvcClient::new()
         .with_dynamic_channel(GfxChannel::new())
         .with_dynamic_channel(DisplayControlClient::new(|_| Ok(Vec::new())));
-    let connector = ClientConnector::new(config(target, size), client_addr);
+    let mut cfg = config(target, size);
+    cfg.enable_audio_playback = audio.is_some();
+    let connector = ClientConnector::new(cfg, client_addr);
     match audio {
         Some((sink, session)) => {
             let (stat, dynamic) = super::audio::channels(sink, session);

@@ -1,6 +1,8 @@
 //! A small blocking IronRDP client for the demo server's tests: NLA or TLS, EGFX with AVC420
-//! only, H.264 decoded with OpenH264 so tests can look at pixels, and input sent as fast-path.
+//! only, H.264 decoded with OpenH264 so tests can look at pixels, input sent as fast-path, and
+//! the static RDPSND channel (IronRDP's client) recording every wave it hears.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,11 @@ use ironrdp_pdu::input::MousePdu;
 use ironrdp_pdu::mcs::McsMessage;
 use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::{Action, PduResult};
-use ironrdp_svc::{client_encode_svc_messages, ChannelFlags};
+use ironrdp_rdpsnd::client::{Rdpsnd, RdpsndClientHandler};
+use ironrdp_rdpsnd::pdu::{
+    AudioFormat, ClientAudioOutputPdu, PitchPdu, VolumePdu, WaveConfirmPdu, WaveFormat,
+};
+use ironrdp_svc::{client_encode_svc_messages, ChannelFlags, SvcMessage};
 use rustls::pki_types::ServerName as TlsName;
 use rustls::{ClientConnection, StreamOwned};
 use x509_cert::der::Decode as _;
@@ -160,6 +166,79 @@ fn ack(frame_id: u32, decoded: u32) -> GfxPdu {
     })
 }
 
+/// One wave as the client's RDPSND channel handed it over.
+#[derive(Debug, Clone)]
+pub struct HeardWave {
+    pub format: AudioFormat,
+    /// The server's timestamp (ms; Wave2's 32-bit audio timestamp).
+    pub timestamp: u32,
+    pub data: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// What the client's sound channel received.
+#[derive(Debug, Default)]
+pub struct Heard {
+    pub waves: Vec<HeardWave>,
+    pub closed: bool,
+}
+
+#[derive(Debug)]
+struct Recorder {
+    formats: Vec<AudioFormat>,
+    heard: Arc<Mutex<Heard>>,
+}
+
+impl RdpsndClientHandler for Recorder {
+    fn get_formats(&self) -> &[AudioFormat] {
+        &self.formats
+    }
+
+    fn wave(&mut self, format: &AudioFormat, ts: u32, data: Cow<'_, [u8]>) {
+        self.heard.lock().unwrap().waves.push(HeardWave {
+            format: format.clone(),
+            timestamp: ts,
+            data: data.into_owned(),
+            at: Instant::now(),
+        });
+    }
+
+    fn set_volume(&mut self, _: VolumePdu) {}
+
+    fn set_pitch(&mut self, _: PitchPdu) {}
+
+    fn close(&mut self) {
+        self.heard.lock().unwrap().closed = true;
+    }
+}
+
+/// PCM 16-bit stereo at `rate`, as a client advertises it.
+pub fn pcm(rate: u32) -> AudioFormat {
+    AudioFormat {
+        format: WaveFormat::PCM,
+        n_channels: 2,
+        n_samples_per_sec: rate,
+        n_avg_bytes_per_sec: rate * 4,
+        n_block_align: 4,
+        bits_per_sample: 16,
+        data: None,
+    }
+}
+
+/// Opus 48 kHz stereo, in the shape IronRDP's clients advertise it.
+pub fn opus() -> AudioFormat {
+    AudioFormat {
+        format: WaveFormat::OPUS,
+        n_channels: 2,
+        n_samples_per_sec: 48_000,
+        n_avg_bytes_per_sec: 192_000,
+        n_block_align: 4,
+        bits_per_sample: 16,
+        data: None,
+    }
+}
+
 struct NoNetwork;
 
 impl ironrdp_connector::sspi::network_client::NetworkClient for NoNetwork {
@@ -181,6 +260,10 @@ pub struct Options {
     pub size: (u16, u16),
     /// Acknowledge frames (EGFX flow control) as they arrive.
     pub ack: bool,
+    /// Sound formats the client accepts, in its order of preference.
+    pub audio: Vec<AudioFormat>,
+    /// Confirm waves (RDPSND Wave Confirm) as they arrive.
+    pub confirm_audio: bool,
 }
 
 /// The gateway's own connector configuration for this target; only NLA is switchable here,
@@ -216,6 +299,9 @@ pub struct Client {
     reader: Option<JoinHandle<()>>,
     user_channel_id: u16,
     drdynvc_id: u16,
+    pub heard: Arc<Mutex<Heard>>,
+    confirm_audio: Arc<AtomicBool>,
+    rdpsnd_id: Option<u16>,
 }
 
 /// Connects and completes the connection sequence; `Err` carries the connector's report.
@@ -232,8 +318,15 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
         zgfx: zgfx::Decompressor::new(),
         decoder: openh264::decoder::Decoder::new().unwrap(),
     };
+    let heard = Arc::new(Mutex::new(Heard::default()));
+    let confirm_audio = Arc::new(AtomicBool::new(o.confirm_audio));
+    let recorder = Recorder {
+        formats: o.audio.clone(),
+        heard: Arc::clone(&heard),
+    };
     let mut connector = ClientConnector::new(config(o), local)
-        .with_static_channel(DrdynvcClient::new().with_dynamic_channel(gfx));
+        .with_static_channel(DrdynvcClient::new().with_dynamic_channel(gfx))
+        .with_static_channel(Rdpsnd::new(Box::new(recorder)));
 
     let mut framed = Framed::new(tcp);
     let should_upgrade = ironrdp_blocking::connect_begin(&mut framed, &mut connector)
@@ -280,6 +373,7 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
         .get_channel_id_by_type::<DrdynvcClient>()
         .ok_or("the server did not join drdynvc")?;
     let user_channel_id = result.user_channel_id;
+    let rdpsnd_id = result.static_channels.get_channel_id_by_type::<Rdpsnd>();
     let tls = Arc::new(Mutex::new(tls));
     let stop = Arc::new(AtomicBool::new(false));
     let closed = Arc::new(AtomicBool::new(false));
@@ -287,6 +381,7 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
     let reader = {
         let (tls, stop, closed) = (Arc::clone(&tls), Arc::clone(&stop), Arc::clone(&closed));
         let got_ultimatum = Arc::clone(&ultimatum);
+        let (heard, confirm_audio) = (Arc::clone(&heard), Arc::clone(&confirm_audio));
         let mut channels = result.static_channels;
         let mut rx = leftover.to_vec();
         std::thread::spawn(move || {
@@ -321,7 +416,15 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
                             else {
                                 continue;
                             };
-                            let responses = channel.process(&data.user_data).unwrap();
+                            let mut responses = channel.process(&data.user_data).unwrap();
+                            // Once waves flow, the sound channel's only answers are Wave
+                            // Confirms: holding them back is a client that stops confirming.
+                            if Some(data.channel_id) == rdpsnd_id
+                                && !confirm_audio.load(Ordering::Relaxed)
+                                && !heard.lock().unwrap().waves.is_empty()
+                            {
+                                responses.clear();
+                            }
                             let out = client_encode_svc_messages(
                                 responses,
                                 data.channel_id,
@@ -367,6 +470,9 @@ pub fn connect(addr: SocketAddr, o: &Options) -> Result<Client, String> {
         reader: Some(reader),
         user_channel_id,
         drdynvc_id,
+        heard,
+        confirm_audio,
+        rdpsnd_id,
     })
 }
 
@@ -442,6 +548,38 @@ impl Client {
         let mut tls = self.tls.lock().unwrap();
         std::io::Write::write_all(&mut *tls, &bytes).unwrap();
         std::io::Write::flush(&mut *tls).unwrap();
+    }
+
+    /// Turns Wave Confirms on or off; turning them on also confirms the last wave heard, so
+    /// sound the server paused resumes.
+    pub fn set_audio_confirm(&self, on: bool) {
+        self.confirm_audio.store(on, Ordering::Relaxed);
+        let last = {
+            let heard = self.heard.lock().unwrap();
+            heard.waves.last().map(|w| (w.timestamp, heard.waves.len()))
+        };
+        let (Some(channel_id), Some((timestamp, count)), true) = (self.rdpsnd_id, last, on) else {
+            return;
+        };
+        // The server numbers waves from 0, one block number per wave.
+        let confirm = ClientAudioOutputPdu::WaveConfirm(WaveConfirmPdu {
+            timestamp: timestamp as u16,
+            block_no: ((count - 1) % 256) as u8,
+        });
+        let bytes = client_encode_svc_messages(
+            vec![SvcMessage::from(confirm)],
+            channel_id,
+            self.user_channel_id,
+        )
+        .unwrap();
+        let mut tls = self.tls.lock().unwrap();
+        std::io::Write::write_all(&mut *tls, &bytes).unwrap();
+        std::io::Write::flush(&mut *tls).unwrap();
+    }
+
+    /// The waves heard so far.
+    pub fn waves(&self) -> Vec<HeardWave> {
+        self.heard.lock().unwrap().waves.clone()
     }
 
     pub fn frames(&self) -> u32 {
