@@ -240,3 +240,75 @@ mod tests {
         assert_eq!(chosen, vec![opus, pcm(48_000, 2), pcm(44_100, 2)]);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod confirm_tests {
+    use super::*;
+    use crate::audio::{AudioPipeline, AudioSettings};
+    use ironrdp_core::{decode, encode_vec};
+    use ironrdp_rdpsnd::pdu::{
+        ClientAudioOutputPdu, ServerAudioFormatPdu, ServerAudioOutputPdu, TrainingPdu, Version,
+        Wave2Pdu,
+    };
+    use ironrdp_svc::SvcProcessor;
+
+    fn feed(ch: &mut Rdpsnd, pdu: ServerAudioOutputPdu<'_>) -> Vec<ClientAudioOutputPdu> {
+        let bytes = encode_vec(&pdu).unwrap();
+        ch.process(&bytes)
+            .unwrap()
+            .into_iter()
+            .map(|m| decode::<ClientAudioOutputPdu>(&m.encode_unframed_pdu().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// MS-RDPEA 3.2.5.2.1.6: the confirmation carries the server's timestamp plus the time
+    /// until the sound is heard — here what waits in the gateway plus the page's buffer.
+    #[test]
+    fn wave_confirmations_include_the_real_playback_delay() {
+        let arena = arena::Arena::new(&arena::ArenaConfig::with_sessions(1)).unwrap();
+        let share = std::rc::Rc::new(arena.admit().unwrap());
+        let sink = AudioSink::new(AudioPipeline::new(share, 1, AudioSettings::default()));
+        let (mut ch, _) = channels(&sink, 1);
+        let replies = feed(
+            &mut ch,
+            ServerAudioOutputPdu::AudioFormat(ServerAudioFormatPdu {
+                version: Version::V8,
+                formats: vec![pcm(48_000, 2)],
+            }),
+        );
+        assert!(
+            matches!(replies[0], ClientAudioOutputPdu::AudioFormat(_)),
+            "{replies:?}"
+        );
+        feed(
+            &mut ch,
+            ServerAudioOutputPdu::Training(TrainingPdu {
+                timestamp: 7,
+                data: Vec::new(),
+            }),
+        );
+        sink.with(|p| p.set_browser_buffer(60)).unwrap();
+        // 50 ms of stereo 48 kHz PCM: two 20 ms packets wait for the page, 10 ms is gathered.
+        let wave = vec![0u8; 48 * 50 * 4];
+        let replies = feed(
+            &mut ch,
+            ServerAudioOutputPdu::Wave2(Wave2Pdu {
+                timestamp: 1000,
+                format_no: 0,
+                block_no: 3,
+                audio_timestamp: 0,
+                data: std::borrow::Cow::Borrowed(&wave),
+            }),
+        );
+        let Some(ClientAudioOutputPdu::WaveConfirm(c)) = replies.last() else {
+            panic!("{replies:?}");
+        };
+        assert_eq!(c.block_no, 3);
+        let delay = c.timestamp.wrapping_sub(1000);
+        assert!(
+            (110..130).contains(&delay),
+            "confirmed {delay} ms after the server's timestamp"
+        );
+    }
+}
