@@ -915,60 +915,6 @@ fn opus_tone(freq: f64, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let mut out = Vec::new();
-    for quad in text.as_bytes().chunks(4) {
-        let digits: Vec<u8> = quad
-            .iter()
-            .filter(|&&c| c != b'=')
-            .map(|&c| value(c))
-            .collect();
-        let bits = digits
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &d)| acc | (u32::from(d) << (18 - 6 * i)));
-        out.extend_from_slice(&bits.to_be_bytes()[1..digits.len()]);
-    }
-    out
-}
-
-/// One chunk of `rdpwire.takeAudioCapture()`, its samples decoded.
-#[derive(Debug)]
-struct Captured {
-    t: f64,
-    played: f64,
-    timestamp_us: u64,
-    samples: Vec<f32>,
-}
-
-fn take_audio_capture(b: &mut Chromium) -> (u64, Vec<Captured>) {
-    let v = b.eval("rdpwire.takeAudioCapture()");
-    let rate = v["sampleRate"].as_u64().unwrap_or_else(|| panic!("{v}"));
-    let chunks = v["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Captured {
-            t: c["t"].as_f64().unwrap(),
-            played: c["played"].as_f64().unwrap(),
-            timestamp_us: c["timestamp_us"].as_u64().unwrap(),
-            samples: base64_decode(c["samples"].as_str().unwrap())
-                .chunks_exact(2)
-                .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32767.0)
-                .collect(),
-        })
-        .collect();
-    (rate, chunks)
-}
-
 /// A connected page with an Opus stream started and sound enabled by a real click on the
 /// page's "click to enable sound" banner.
 fn sound_enabled(b: &mut Chromium, server: &PageServer) -> Peer {
@@ -1063,7 +1009,7 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
 
     // What the page played: each packet's 20 ms in stream order, decoded before it played,
     // at the stream's rate, and the tone itself.
-    let (rate, chunks) = take_audio_capture(&mut b);
+    let (rate, chunks) = b.take_audio_capture();
     assert_eq!(rate, 48_000);
     assert_eq!(
         chunks.len() as u64,
@@ -1111,7 +1057,7 @@ fn an_opus_stream_plays_its_tone_and_the_page_reports_its_buffer() {
         "rdpwire.stats().audioDecoded === 60 && rdpwire.stats().audioState === 'idle'",
         SECS,
     );
-    let (_, chunks) = take_audio_capture(&mut b);
+    let (_, chunks) = b.take_audio_capture();
     assert!(chunks.len() >= 9, "{} chunks played", chunks.len());
     let samples: Vec<f32> = chunks.iter().flat_map(|c| c.samples.clone()).collect();
     let f = tone::dominant_frequency(&samples[960..960 * 8], 48_000);

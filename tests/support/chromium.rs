@@ -477,6 +477,27 @@ impl Chromium {
         self.mouse_button(x, y, "left", false);
     }
 
+    /// `rdpwire.takeAudioCapture()`: the sample rate and the chunks the page played.
+    pub fn take_audio_capture(&mut self) -> (u64, Vec<Captured>) {
+        let v = self.eval("rdpwire.takeAudioCapture()");
+        let rate = v["sampleRate"].as_u64().unwrap_or_else(|| panic!("{v}"));
+        let chunks = v["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Captured {
+                t: c["t"].as_f64().unwrap(),
+                played: c["played"].as_f64().unwrap(),
+                timestamp_us: c["timestamp_us"].as_u64().unwrap(),
+                samples: base64_decode(c["samples"].as_str().unwrap())
+                    .chunks_exact(2)
+                    .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32767.0)
+                    .collect(),
+            })
+            .collect();
+        (rate, chunks)
+    }
+
     /// Whether the element `selector` is shown: laid out, not hidden, not transparent.
     pub fn visible(&mut self, selector: &str) -> bool {
         let sel = serde_json::to_string(selector).unwrap();
@@ -603,4 +624,41 @@ fn http_get_json(port: u16, path: &str) -> Value {
         }
     }
     serde_json::from_slice(&body).unwrap()
+}
+
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for quad in text.as_bytes().chunks(4) {
+        let digits: Vec<u8> = quad
+            .iter()
+            .filter(|&&c| c != b'=')
+            .map(|&c| value(c))
+            .collect();
+        let bits = digits
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &d)| acc | (u32::from(d) << (18 - 6 * i)));
+        out.extend_from_slice(&bits.to_be_bytes()[1..digits.len()]);
+    }
+    out
+}
+
+/// One chunk of `rdpwire.takeAudioCapture()`, its samples decoded.
+#[derive(Debug)]
+pub struct Captured {
+    /// Page time the chunk left the decoder.
+    pub t: f64,
+    /// Page time its first sample left the worklet.
+    pub played: f64,
+    pub timestamp_us: u64,
+    /// Channel 0, full scale 1.0.
+    pub samples: Vec<f32>,
 }
