@@ -50,7 +50,7 @@ impl ArenaConfig {
     /// 4 KiB of audio is a few tens of milliseconds; 8 buffers absorb network jitter.
     pub const DEFAULT_AUDIO_BUF: PoolSpec = PoolSpec {
         slot_size: 4 * 1024,
-        slots_per_session: 8,
+        slots_per_session: 4,
     };
 
     /// Default pool sizes for `sessions` sessions, with no prefault, mlock or huge pages, so

@@ -75,6 +75,10 @@ pub fn run(args: &AudioArgs) -> Result<()> {
     ];
     let arena = Arena::new(&ArenaConfig::with_sessions(1)).context("arena")?;
     println!(
+        "libopus complexity {}, 64 kbit/s stereo, {} s of sound per case\n",
+        args.complexity, args.seconds
+    );
+    println!(
         "| case | packets | µs per packet | µs per 20 ms of sound | share of one core per stream |"
     );
     println!("| --- | ---: | ---: | ---: | ---: |");

@@ -63,7 +63,7 @@ keys! {
         "surface descriptor slots per session";
     AUDIO_BUF_SIZE: "memory.audio_buf_size", "audio-buf-size", "RDPWIRE_AUDIO_BUF_SIZE", Some("4KiB"),
         "size of one audio buffer slot";
-    AUDIO_BUFS: "memory.audio_bufs", "audio-bufs", "RDPWIRE_AUDIO_BUFS", Some("8"),
+    AUDIO_BUFS: "memory.audio_bufs", "audio-bufs", "RDPWIRE_AUDIO_BUFS", Some("4"),
         "audio buffer slots per session";
     AUDIO: "audio.enabled", "audio", "RDPWIRE_AUDIO", Some("true"),
         "open the server's audio output channel and stream its sound to the page";

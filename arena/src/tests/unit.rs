@@ -16,7 +16,7 @@ fn pool_names_are_stable_metric_labels() {
 #[test]
 fn default_per_session_bytes() {
     let cfg = ArenaConfig::with_sessions(1);
-    assert_eq!(cfg.per_session_bytes(), 16 * 16384 + 16 * 256 + 8 * 4096);
+    assert_eq!(cfg.per_session_bytes(), 16 * 16384 + 16 * 256 + 4 * 4096);
 }
 
 #[test]
@@ -30,8 +30,8 @@ fn region_aligns_pools_to_cache_lines_and_rounds_to_pages() {
     assert_eq!(cfg.region_bytes(), 4096);
 
     let cfg = ArenaConfig::with_sessions(2);
-    // 2 × (262144 + 4096 + 32768) is already cache-line and page aligned.
-    assert_eq!(cfg.region_bytes(), 598_016);
+    // 2 × (262144 + 4096 + 16384) is already cache-line and page aligned.
+    assert_eq!(cfg.region_bytes(), 565_248);
 
     let mut big = small_config(100);
     big.frame_chunk.slot_size = 4096;
@@ -200,7 +200,7 @@ fn slots_are_typed_and_sized_per_pool() {
     assert_eq!(share.in_use(Pool::SurfaceDesc), 1);
     assert_eq!(share.in_use(Pool::AudioBuf), 1);
     assert_eq!(share.quota(Pool::FrameChunk), 16);
-    assert_eq!(share.quota(Pool::AudioBuf), 8);
+    assert_eq!(share.quota(Pool::AudioBuf), 4);
     let dbg = format!("{frame:?}");
     assert!(dbg.contains("FrameChunk"), "{dbg}");
 }
