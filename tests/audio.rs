@@ -16,10 +16,6 @@ use rdpwire::rdp::InputEvent;
 use support::{Gateway, Ws};
 use tungstenite::Message;
 
-fn send(ws: &mut Ws, m: &FromBrowser) {
-    ws.ws.send(Message::binary(m.encode())).unwrap();
-}
-
 /// What one session received, as far as sound goes.
 #[derive(Default)]
 struct Heard {
@@ -69,25 +65,25 @@ fn listen(ws: &mut Ws, gw: &Gateway, dur: Duration, heard: &mut Heard) {
             } => heard
                 .packets
                 .push((timestamp_us, dropped, data.into_owned(), Instant::now())),
-            ToBrowser::EndFrame { frame_id } => {
-                heard.frames += 1;
-                send(
-                    ws,
-                    &FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: heard.frames,
-                        queue_depth: 0,
-                    },
-                );
-            }
+            ToBrowser::EndFrame { frame_id } => answer_frame(ws, heard, frame_id),
             _ => {}
         }
     }
 }
 
+/// Tells the gateway the page has the frame, as a page does, so the picture keeps flowing.
+fn answer_frame(ws: &mut Ws, heard: &mut Heard, frame_id: u32) {
+    heard.frames += 1;
+    ws.send(&FromBrowser::FrameDecoded {
+        frame_id,
+        frames_decoded: heard.frames,
+        queue_depth: 0,
+    });
+}
+
 /// A Ping answered while sound and frames keep arriving.
 fn ping(ws: &mut Ws, gw: &Gateway, nonce: u64, heard: &mut Heard) {
-    send(ws, &FromBrowser::Ping { nonce });
+    ws.send(&FromBrowser::Ping { nonce });
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let m = match ws.ws.read() {
@@ -98,17 +94,7 @@ fn ping(ws: &mut Ws, gw: &Gateway, nonce: u64, heard: &mut Heard) {
         };
         match ToBrowser::decode(&m).unwrap() {
             ToBrowser::Pong { nonce: n } if n == nonce => return,
-            ToBrowser::EndFrame { frame_id } => {
-                heard.frames += 1;
-                send(
-                    ws,
-                    &FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: heard.frames,
-                        queue_depth: 0,
-                    },
-                );
-            }
+            ToBrowser::EndFrame { frame_id } => answer_frame(ws, heard, frame_id),
             _ => {}
         }
     }
@@ -118,14 +104,11 @@ fn ping(ws: &mut Ws, gw: &Gateway, nonce: u64, heard: &mut Heard) {
 /// A demo session, connected, with the first frames answered.
 fn connect(gw: &Gateway, ws: &mut Ws) -> Heard {
     ws.hello();
-    send(
-        ws,
-        &FromBrowser::ClientHello {
-            width: 1024,
-            height: 768,
-            target: String::new(),
-        },
-    );
+    ws.send(&FromBrowser::ClientHello {
+        width: 1024,
+        height: 768,
+        target: String::new(),
+    });
     let mut heard = Heard::default();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -145,14 +128,11 @@ fn connect(gw: &Gateway, ws: &mut Ws) -> Heard {
 
 fn key(ws: &mut Ws, scancode: u8) {
     for down in [true, false] {
-        send(
-            ws,
-            &FromBrowser::Input(InputEvent::Key {
-                scancode,
-                extended: false,
-                down,
-            }),
-        );
+        ws.send(&FromBrowser::Input(InputEvent::Key {
+            scancode,
+            extended: false,
+            down,
+        }));
     }
 }
 
@@ -160,15 +140,12 @@ const F9: u8 = 0x43;
 
 fn click(ws: &mut Ws, x: u16, y: u16) {
     for down in [true, false] {
-        send(
-            ws,
-            &FromBrowser::Input(InputEvent::MouseButton {
-                button: MouseButton::Left,
-                down,
-                x,
-                y,
-            }),
-        );
+        ws.send(&FromBrowser::Input(InputEvent::MouseButton {
+            button: MouseButton::Left,
+            down,
+            x,
+            y,
+        }));
     }
 }
 
@@ -231,7 +208,7 @@ fn audio_buffer_reports_are_checked() {
     let gw = Gateway::start_demo(&["--cores", "1"]);
     let mut ws = gw.ws().unwrap();
     let mut heard = connect(&gw, &mut ws);
-    send(&mut ws, &FromBrowser::AudioBuffer { buffer_ms: 60 });
+    ws.send(&FromBrowser::AudioBuffer { buffer_ms: 60 });
     ping(&mut ws, &gw, 1, &mut heard);
     let mut other = gw.ws().unwrap();
     other.hello();

@@ -36,20 +36,13 @@ fn next_logged(ws: &mut Ws, gw: &Gateway) -> Vec<u8> {
     }
 }
 
-fn send(ws: &mut Ws, m: &FromBrowser) {
-    ws.ws.send(Message::binary(m.encode())).unwrap();
-}
-
 fn hello(ws: &mut Ws, target: &str) {
     ws.hello();
-    send(
-        ws,
-        &FromBrowser::ClientHello {
-            width: 1024,
-            height: 768,
-            target: target.into(),
-        },
-    );
+    ws.send(&FromBrowser::ClientHello {
+        width: 1024,
+        height: 768,
+        target: target.into(),
+    });
 }
 
 /// Decoded access units of one surface, with OpenH264 (the same decoder a test can trust to
@@ -117,14 +110,11 @@ fn demo_desktop_streams_h264_as_it_came_and_obeys_frame_acks() {
             }
             ToBrowser::EndFrame { frame_id } => {
                 frames += 1;
-                send(
-                    &mut ws,
-                    &FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: frames,
-                        queue_depth: 0,
-                    },
-                );
+                ws.send(&FromBrowser::FrameDecoded {
+                    frame_id,
+                    frames_decoded: frames,
+                    queue_depth: 0,
+                });
             }
             _ => {}
         }
@@ -208,25 +198,19 @@ fn input_reaches_the_demo_desktop() {
         match ToBrowser::decode(&m).unwrap() {
             ToBrowser::Avc420 { access_unit, .. } => picture.decode(&access_unit),
             ToBrowser::EndFrame { frame_id } => {
-                send(
-                    &mut ws,
-                    &FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: frame_id,
-                        queue_depth: 0,
-                    },
-                );
+                ws.send(&FromBrowser::FrameDecoded {
+                    frame_id,
+                    frames_decoded: frame_id,
+                    queue_depth: 0,
+                });
                 if !sent {
                     for down in [true, false] {
-                        send(
-                            &mut ws,
-                            &FromBrowser::Input(InputEvent::MouseButton {
-                                button: rdpwire::rdp::input::MouseButton::Left,
-                                down,
-                                x: 600,
-                                y: 500,
-                            }),
-                        );
+                        ws.send(&FromBrowser::Input(InputEvent::MouseButton {
+                            button: rdpwire::rdp::input::MouseButton::Left,
+                            down,
+                            x: 600,
+                            y: 500,
+                        }));
                     }
                     sent = true;
                 } else if picture.width > 0 {
@@ -335,14 +319,11 @@ fn stream_1080p(noisy: bool) {
     let idle = rss(gw.child.id());
     let mut ws = gw.ws().unwrap();
     ws.hello();
-    send(
-        &mut ws,
-        &FromBrowser::ClientHello {
-            width: 1920,
-            height: 1080,
-            target: "shadow".into(),
-        },
-    );
+    ws.send(&FromBrowser::ClientHello {
+        width: 1920,
+        height: 1080,
+        target: "shadow".into(),
+    });
     // The shadow server sends a frame only when the screen changes: keep repainting it, every
     // other time with a tiled random bitmap, whose key frames are far larger than one pool
     // chunk (they are written whole, from the heap).
@@ -383,14 +364,11 @@ fn stream_1080p(noisy: bool) {
             ToBrowser::DesktopSize { width, height } => assert_eq!((width, height), (1920, 1080)),
             ToBrowser::EndFrame { frame_id } => {
                 frames += 1;
-                send(
-                    &mut ws,
-                    &FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: frames,
-                        queue_depth: 0,
-                    },
-                );
+                ws.send(&FromBrowser::FrameDecoded {
+                    frame_id,
+                    frames_decoded: frames,
+                    queue_depth: 0,
+                });
                 peak = peak.max(rss(gw.child.id()));
             }
             _ => {}

@@ -126,30 +126,24 @@ impl Session {
     /// The next event: session events, then graphics events in the order received, and the
     /// disconnection last.
     pub fn next_event(&mut self) -> Option<RdpEvent> {
-        if let Some(ev) = self.events.pop_front() {
-            return Some(ev);
-        }
-        if let Some(ev) = self.with_gfx(GfxChannel::pop_event).flatten() {
-            return Some(RdpEvent::Graphics(ev));
-        }
-        if !self.ended_reported {
-            if let Some(reason) = &self.ended {
-                self.ended_reported = true;
-                return Some(RdpEvent::Disconnected {
-                    reason: reason.clone(),
-                });
-            }
-        }
-        None
+        self.next(true)
     }
 
     /// Like [`Session::next_event`], but graphics stay queued: used while the page holds as
     /// many frames as it may, so that sound keeps flowing while the picture waits.
     pub fn next_event_except_graphics(&mut self) -> Option<RdpEvent> {
+        self.next(false)
+    }
+
+    fn next(&mut self, graphics: bool) -> Option<RdpEvent> {
         if let Some(ev) = self.events.pop_front() {
             return Some(ev);
         }
-        if self.has_graphics() {
+        if graphics {
+            if let Some(ev) = self.with_gfx(GfxChannel::pop_event).flatten() {
+                return Some(RdpEvent::Graphics(ev));
+            }
+        } else if self.has_graphics() {
             return None;
         }
         if !self.ended_reported {

@@ -163,6 +163,13 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// Sends one browser-protocol message.
+    pub fn send(&mut self, m: &rdpwire::protocol::FromBrowser) {
+        self.ws
+            .send(tungstenite::Message::binary(m.encode()))
+            .unwrap();
+    }
+
     /// Reads the ServerHello every session starts with; returns (session id, core index).
     pub fn hello(&mut self) -> (u64, u16) {
         let m = self.ws.read().unwrap().into_data();
