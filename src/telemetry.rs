@@ -58,6 +58,8 @@ pub struct CoreCounters {
     pub audio_to_browser: AtomicU64,
     /// Packets dropped because a page did not take them in time.
     pub audio_dropped: AtomicU64,
+    /// Times a session's picture had to wait because its page held all the frames it may.
+    pub graphics_paused: AtomicU64,
     bytes: [AtomicU64; 4],
 }
 
@@ -306,6 +308,30 @@ impl Telemetry {
             "counter",
             "Payload bytes through the gateway.",
             &bytes,
+        );
+        let core_bytes: Vec<(String, u64)> = self
+            .cores
+            .iter()
+            .flat_map(|c| {
+                Direction::ALL.iter().map(move |&d| {
+                    (
+                        format!("{{cpu=\"{}\",direction=\"{}\"}}", c.cpu, d.label()),
+                        c.counters.bytes(d),
+                    )
+                })
+            })
+            .collect();
+        metric(
+            "rdpwire_core_bytes_total",
+            "counter",
+            "Payload bytes through the gateway, per executor CPU.",
+            &core_bytes,
+        );
+        metric(
+            "rdpwire_graphics_paused_total",
+            "counter",
+            "Times a session's picture waited for its page (frame acknowledgement window full).",
+            &one(self.sum(|c| c.graphics_paused.load(Relaxed))),
         );
         let mut slots = Vec::new();
         let mut refusals = Vec::new();

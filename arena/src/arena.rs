@@ -145,6 +145,11 @@ impl ArenaInner {
     /// Called once per share, when its last handle (share or slot) is gone.
     pub(crate) fn release_share(&self) {
         self.admitted.set(self.admitted.get().saturating_sub(1));
+        if self.admitted.get() == 0 {
+            // Called from the last share's drop, after its last slot: nothing refers into
+            // the region any more.
+            self.region.release_pages();
+        }
         self.publish_sessions();
     }
 

@@ -9,14 +9,18 @@
 //!   anonymous region (optionally prefaulted, `mlock`ed and advised for transparent huge
 //!   pages) and carves it into three fixed pools: frame chunks, surface descriptors and audio
 //!   buffers. The slot bookkeeping is preallocated too; no call after `new` allocates.
+//! - **An idle arena gives its pages back.** When the last share is released (its last slot
+//!   gone), the region is advised `MADV_DONTNEED`, so a gateway whose sessions have all ended
+//!   is back at its base memory — unless it was prefaulted or locked on request.
 //! - **A share never takes more than its quota.** [`Arena::admit`] reserves one session's share
 //!   of every pool, and each pool holds exactly `slots_per_session × sessions` slots, so an
 //!   admitted session's allocation can only be refused because of its own quota. A refusal is
 //!   "not now" (`None`), never an error and never a reason to grow.
 //! - **`unsafe` lives here only.** The rest of the workspace denies `unsafe_code`. Inside this
 //!   crate it is confined to turning a slot's raw memory into byte slices ([`Slot`]'s
-//!   `Deref`/`DerefMut`) and to the one call that creates a [`Slot`] for a freshly taken index;
-//!   the mapping itself is held as `memmap2::MmapRaw`, which never hands out references.
+//!   `Deref`/`DerefMut`), to the one call that creates a [`Slot`] for a freshly taken index,
+//!   and to the `MADV_DONTNEED` of an idle region; the mapping itself is held as
+//!   `memmap2::MmapRaw`, which never hands out references.
 //!
 //! One arena belongs to one thread (it is `!Send`, built on `Rc`/`Cell`/`RefCell` so the hot
 //! path has no atomic read-modify-write). Only [`ArenaStats`] crosses threads, for `/metrics`.

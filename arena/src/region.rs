@@ -14,6 +14,9 @@ pub(crate) struct Region {
     /// `None` for an arena that admits nobody: the kernel refuses zero-length maps.
     map: Option<MmapRaw>,
     huge_pages: bool,
+    /// Prefaulted or locked on request: the operator wants it resident, so it is never given
+    /// back.
+    keep_resident: bool,
 }
 
 impl Region {
@@ -22,6 +25,7 @@ impl Region {
             return Ok(Region {
                 map: None,
                 huge_pages: false,
+                keep_resident: true,
             });
         }
         let mut opts = MmapOptions::new();
@@ -46,7 +50,24 @@ impl Region {
         Ok(Region {
             map: Some(map),
             huge_pages,
+            keep_resident: cfg.prefault || cfg.mlock,
         })
+    }
+
+    /// Gives the pages back to the kernel (they read as zeros when next touched), so a gateway
+    /// whose sessions have all ended returns to its base memory. Only called when no share —
+    /// and so no slot — is left: nothing refers into the region.
+    #[allow(unsafe_code)]
+    pub(crate) fn release_pages(&self) {
+        let Some(map) = self.map.as_ref().filter(|_| !self.keep_resident) else {
+            return;
+        };
+        // SAFETY: MADV_DONTNEED on a private anonymous mapping replaces its pages with zero
+        // pages; it changes what the memory holds, which `unchecked_advise` leaves to the
+        // caller. The caller guarantees no `Slot` (the only way to reach the region's bytes)
+        // is alive, and slots are documented to start with unspecified contents, so the next
+        // holder writes before it reads either way. The mapping itself stays valid.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
     }
 
     /// Start of the region; `None` when nothing is mapped.

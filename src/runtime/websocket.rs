@@ -86,6 +86,7 @@ pub async fn run(
     let mut rdp: Option<RdpClient> = None;
     let idle_timeout = core.settings.idle_timeout;
     let mut last_heard = std::time::Instant::now();
+    let mut graphics_open = true;
 
     let end = loop {
         if let Some(end) = run_actions(&core, &mut ws, &mut session, &mut rdp, id).await {
@@ -115,6 +116,10 @@ pub async fn run(
         count(&counters, &mut session, rdp.as_mut());
         let take_rdp = session.wants_rdp();
         let graphics = session.wants_graphics();
+        if graphics_open && !graphics {
+            CoreCounters::inc(&counters.graphics_paused);
+        }
+        graphics_open = graphics;
         let event = futures_lite::future::or(
             futures_lite::future::or(
                 // Writing and reading the browser share one future: while the page is slow

@@ -382,3 +382,31 @@ fn mlock_succeeds_or_reports_a_lock_error() {
         Err(other) => panic!("unexpected error: {other}"),
     }
 }
+
+#[test]
+fn an_idle_arena_gives_its_pages_back_unless_kept_resident() {
+    for keep in [false, true] {
+        let mut cfg = ArenaConfig::with_sessions(2);
+        cfg.prefault = keep;
+        let arena = Arena::new(&cfg).unwrap();
+        let first = arena.admit().unwrap();
+        let second = arena.admit().unwrap();
+        let mut slot = first.alloc::<FrameChunk>().unwrap();
+        let index = slot.index();
+        slot.fill(0xab);
+        drop(slot);
+        drop(first);
+        // One share is still live: its neighbour's bytes stay.
+        let again = second.alloc::<FrameChunk>().unwrap();
+        assert_eq!(again.index(), index);
+        assert!(again.iter().all(|&b| b == 0xab));
+        drop(again);
+        drop(second);
+        // No share left: the pages went back to the kernel and read as zeros.
+        let share = arena.admit().unwrap();
+        let slot = share.alloc::<FrameChunk>().unwrap();
+        assert_eq!(slot.index(), index);
+        let expect = if keep { 0xab } else { 0 };
+        assert!(slot.iter().all(|&b| b == expect), "keep_resident {keep}");
+    }
+}
