@@ -261,8 +261,6 @@ fn a_page_that_stops_reading_loses_sound_not_memory() {
     }
     let m = gw.metrics();
     let dropped = m.get("rdpwire_audio_dropped_total");
-    // The picture waited for the page meanwhile (the demo's clock keeps changing the screen).
-    assert!(m.get("rdpwire_graphics_paused_total") >= 1);
     let settled = &rss[10..];
     let (lo, hi) = (
         *settled.iter().min().unwrap(),
