@@ -3,6 +3,8 @@
 //! Opus), the gateway sends Opus, and the test decodes it with libopus and measures the pitch.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 #[path = "support/tone.rs"]
 mod tone;
@@ -10,144 +12,10 @@ mod tone;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rdpwire::protocol::{FromBrowser, State, ToBrowser};
-use rdpwire::rdp::input::MouseButton;
-use rdpwire::rdp::InputEvent;
+use browser::{click, connect, key, listen, ping, Heard, F9};
+use rdpwire::protocol::FromBrowser;
 use support::{Gateway, Ws};
 use tungstenite::Message;
-
-/// What one session received, as far as sound goes.
-#[derive(Default)]
-struct Heard {
-    starts: Vec<u8>,
-    /// (timestamp_us, dropped, opus packet, arrival)
-    packets: Vec<(u64, u32, Vec<u8>, Instant)>,
-    frames: u32,
-}
-
-impl Heard {
-    fn pcm(&self) -> Vec<f32> {
-        let mut dec = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
-        let mut buf = vec![0f32; 5760 * 2];
-        let mut left = Vec::new();
-        for (_, _, p, _) in &self.packets {
-            let n = dec.decode_float(p, &mut buf, false).unwrap();
-            left.extend(buf[..n * 2].iter().step_by(2));
-        }
-        left
-    }
-}
-
-/// Reads for `dur`, answering every frame so the picture keeps flowing.
-fn listen(ws: &mut Ws, gw: &Gateway, dur: Duration, heard: &mut Heard) {
-    let until = Instant::now() + dur;
-    while Instant::now() < until {
-        let m = match ws.ws.read() {
-            Ok(Message::Binary(b)) => b.to_vec(),
-            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
-            Ok(_) => continue,
-            Err(e) => panic!("{e}\n{}", gw.log_text()),
-        };
-        match ToBrowser::decode(&m).unwrap() {
-            ToBrowser::AudioStart {
-                codec,
-                sample_rate,
-                channels,
-            } => {
-                assert_eq!((codec, sample_rate), (1, 48_000));
-                heard.starts.push(channels);
-            }
-            ToBrowser::AudioPacket {
-                timestamp_us,
-                dropped,
-                data,
-                ..
-            } => heard
-                .packets
-                .push((timestamp_us, dropped, data.into_owned(), Instant::now())),
-            ToBrowser::EndFrame { frame_id } => answer_frame(ws, heard, frame_id),
-            _ => {}
-        }
-    }
-}
-
-/// Tells the gateway the page has the frame, as a page does, so the picture keeps flowing.
-fn answer_frame(ws: &mut Ws, heard: &mut Heard, frame_id: u32) {
-    heard.frames += 1;
-    ws.send(&FromBrowser::FrameDecoded {
-        frame_id,
-        frames_decoded: heard.frames,
-        queue_depth: 0,
-    });
-}
-
-/// A Ping answered while sound and frames keep arriving.
-fn ping(ws: &mut Ws, gw: &Gateway, nonce: u64, heard: &mut Heard) {
-    ws.send(&FromBrowser::Ping { nonce });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let m = match ws.ws.read() {
-            Ok(Message::Binary(b)) => b.to_vec(),
-            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
-            Ok(_) => continue,
-            Err(e) => panic!("{e}\n{}", gw.log_text()),
-        };
-        match ToBrowser::decode(&m).unwrap() {
-            ToBrowser::Pong { nonce: n } if n == nonce => return,
-            ToBrowser::EndFrame { frame_id } => answer_frame(ws, heard, frame_id),
-            _ => {}
-        }
-    }
-    panic!("no pong {nonce}\n{}", gw.log_text());
-}
-
-/// A demo session, connected, with the first frames answered.
-fn connect(gw: &Gateway, ws: &mut Ws) -> Heard {
-    ws.hello();
-    ws.send(&FromBrowser::ClientHello {
-        width: 1024,
-        height: 768,
-        target: String::new(),
-    });
-    let mut heard = Heard::default();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "{}", gw.log_text());
-        let m = ws.ws.read().unwrap().into_data();
-        if let Ok(ToBrowser::Status {
-            state: State::Connected,
-            ..
-        }) = ToBrowser::decode(&m)
-        {
-            break;
-        }
-    }
-    listen(ws, gw, Duration::from_millis(300), &mut heard);
-    heard
-}
-
-fn key(ws: &mut Ws, scancode: u8) {
-    for down in [true, false] {
-        ws.send(&FromBrowser::Input(InputEvent::Key {
-            scancode,
-            extended: false,
-            down,
-        }));
-    }
-}
-
-const F9: u8 = 0x43;
-
-fn click(ws: &mut Ws, x: u16, y: u16) {
-    for down in [true, false] {
-        ws.send(&FromBrowser::Input(InputEvent::MouseButton {
-            button: MouseButton::Left,
-            down,
-            x,
-            y,
-        }));
-    }
-}
 
 fn tune_button() -> (u16, u16) {
     let (x, y, w, h) = rdpwire::demo::painter::TUNE_BUTTON;

@@ -31,7 +31,7 @@ fi
 [ "${1:-}" = "--build" ] && exit 0
 
 missing=0
-for cmd in taskset prlimit setpriv freerdp-shadow-cli3 xfreerdp3 winpr-hash3 Xvfb xsetroot xdotool xwd chromium; do
+for cmd in taskset prlimit setpriv strace freerdp-shadow-cli3 xfreerdp3 winpr-hash3 Xvfb xsetroot xdotool xwd chromium; do
     have "$cmd" || missing=1
 done
 ((missing)) || exit 0
@@ -50,5 +50,5 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 apt-get update -qq
-apt-get install -y -qq util-linux xvfb x11-xserver-utils xdotool x11-apps chromium
+apt-get install -y -qq util-linux strace xvfb x11-xserver-utils xdotool x11-apps chromium
 apt-get install -y -qq -t bookworm-backports freerdp3-shadow-x11 freerdp3-x11 winpr3-utils
