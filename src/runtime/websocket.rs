@@ -16,6 +16,8 @@ use ironrdp_egfx::pdu::QueueDepth;
 use tracing::{info, warn};
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
+use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
@@ -28,7 +30,7 @@ use crate::telemetry::{CoreCounters, Direction};
 use super::core::Core;
 use super::rdp_client::{ConnectStep, RdpClient};
 
-/// WebSocket frame header plus the protocol's own header of a graphics message.
+/// Room above one fragment in tungstenite's write buffer: a frame header and a pong.
 const MESSAGE_OVERHEAD: usize = 1 << 10;
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
@@ -64,12 +66,9 @@ pub async fn run(
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
-        // Room for the largest message the session can produce (an H.264 access unit as big
-        // as the graphics channel accepts). This is a cap, not a reservation: `poll_write`
-        // hands tungstenite the next message only once the last one is in the socket, so it
-        // holds one message at a time (at most a pool chunk for everything but large
-        // graphics, which are on the heap already; see `sizing::ws_write_reserve`).
-        .max_write_buffer_size(crate::rdp::egfx::MAX_QUEUED_BYTES + MESSAGE_OVERHEAD)
+        // One frame at a time: `poll_write` hands tungstenite the next frame only once the
+        // last is in the socket, and larger messages go out in fragments of `FRAGMENT`.
+        .max_write_buffer_size(FRAGMENT + MESSAGE_OVERHEAD)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let mut ws =
@@ -87,16 +86,17 @@ pub async fn run(
     let idle_timeout = core.settings.idle_timeout;
     let mut last_heard = std::time::Instant::now();
     let mut graphics_open = true;
+    let mut writer = Writer::default();
 
     let end = loop {
-        if let Some(end) = run_actions(&core, &mut ws, &mut session, &mut rdp, id).await {
+        if let Some(end) = run_actions(&core, &mut ws, &mut writer, &mut session, &mut rdp, id).await {
             break end;
         }
         if session.phase() == Phase::Ended {
             // The reason goes out before the close; a page that stopped reading gets a
             // little while, not forever.
             let written = futures_lite::future::or(
-                async { Some(flush(&mut ws, &mut session, &counters).await) },
+                async { Some(flush(&mut ws, &mut writer, &mut session, &counters).await) },
                 async {
                     glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
                     None
@@ -125,7 +125,9 @@ pub async fn run(
                 // Writing and reading the browser share one future: while the page is slow
                 // to read, the server is still read (sound is dropped, not queued) and the
                 // page's own messages are still taken.
-                std::future::poll_fn(|cx| poll_browser(&mut ws, &mut session, &counters, cx)),
+                std::future::poll_fn(|cx| {
+                    poll_browser(&mut ws, &mut writer, &mut session, &counters, cx)
+                }),
                 async {
                     match rdp.as_mut() {
                         Some(client) if take_rdp => Event::Rdp(client.next_event(graphics).await),
@@ -221,14 +223,53 @@ pub async fn run(
 }
 
 /// Writes everything the session has queued, waiting for the socket as needed.
-async fn flush(ws: &mut Ws, session: &mut Session, counters: &CoreCounters) -> Result<(), End> {
-    std::future::poll_fn(|cx| poll_write(ws, session, counters, cx)).await
+async fn flush(
+    ws: &mut Ws,
+    w: &mut Writer,
+    session: &mut Session,
+    counters: &CoreCounters,
+) -> Result<(), End> {
+    std::future::poll_fn(|cx| poll_write(ws, w, session, counters, cx)).await
+}
+
+/// Largest WebSocket frame the gateway writes. A larger message (an H.264 key frame) goes out
+/// as a fragmented message of frames this size, cut from the one buffer it is in, so
+/// tungstenite never holds more than one fragment: its write buffer keeps its largest size
+/// for the life of the session.
+const FRAGMENT: usize = 16 << 10;
+
+/// A large message being written fragment by fragment.
+#[derive(Default)]
+struct Writer {
+    large: Option<(Bytes, usize)>,
+}
+
+impl Writer {
+    /// The next frame of the message in progress, if one is in progress.
+    fn next_fragment(&mut self) -> Option<Message> {
+        let (bytes, at) = self.large.as_mut()?;
+        let start = *at;
+        let end = (start + FRAGMENT).min(bytes.len());
+        let last = end == bytes.len();
+        let opcode = if start == 0 {
+            OpCode::Data(OpData::Binary)
+        } else {
+            OpCode::Data(OpData::Continue)
+        };
+        let frame = Frame::message(bytes.slice(start..end), opcode, last);
+        *at = end;
+        if last {
+            self.large = None;
+        }
+        Some(Message::Frame(frame))
+    }
 }
 
 /// Moves queued messages into the socket as far as it takes them now. tungstenite holds at
-/// most one message: the next is taken from the session only once the last is written.
+/// most one frame: the next is handed over only once the last is written.
 fn poll_write(
     ws: &mut Ws,
+    w: &mut Writer,
     session: &mut Session,
     counters: &CoreCounters,
     cx: &mut Context<'_>,
@@ -243,15 +284,25 @@ fn poll_write(
             Poll::Ready(Err(err)) => return Poll::Ready(Err(failed(err))),
             Poll::Pending => return Poll::Pending,
         }
-        let next = session.transmit_next(Bytes::copy_from_slice, |out| match out {
-            Outbound::Large(v) => Bytes::from(v),
-            pooled => Bytes::copy_from_slice(pooled.bytes()),
-        });
-        let Some(bytes) = next else {
-            break;
+        let msg = match w.next_fragment() {
+            Some(frame) => frame,
+            None => {
+                let next = session.transmit_next(Bytes::copy_from_slice, |out| match out {
+                    Outbound::Large(v) => Bytes::from(v),
+                    pooled => Bytes::copy_from_slice(pooled.bytes()),
+                });
+                let Some(bytes) = next else {
+                    break;
+                };
+                counters.add_bytes(Direction::BrowserOut, bytes.len());
+                if bytes.len() > FRAGMENT {
+                    w.large = Some((bytes, 0));
+                    continue;
+                }
+                Message::Binary(bytes)
+            }
         };
-        counters.add_bytes(Direction::BrowserOut, bytes.len());
-        if let Err(err) = Pin::new(&mut *ws).start_send(Message::Binary(bytes)) {
+        if let Err(err) = Pin::new(&mut *ws).start_send(msg) {
             return Poll::Ready(Err(failed(err)));
         }
     }
@@ -261,11 +312,12 @@ fn poll_write(
 /// Writes what it can, then reads the browser's next message, if the session can take one.
 fn poll_browser(
     ws: &mut Ws,
+    w: &mut Writer,
     session: &mut Session,
     counters: &CoreCounters,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
-    if let Poll::Ready(Err(end)) = poll_write(ws, session, counters, cx) {
+    if let Poll::Ready(Err(end)) = poll_write(ws, w, session, counters, cx) {
         return Poll::Ready(Event::WriteFailed(end));
     }
     // An answer needs a chunk; without one the browser waits (TCP), it is not refused.
@@ -292,6 +344,7 @@ fn count(counters: &CoreCounters, session: &mut Session, rdp: Option<&mut RdpCli
 async fn run_actions(
     core: &Core,
     ws: &mut Ws,
+    writer: &mut Writer,
     session: &mut Session,
     rdp: &mut Option<RdpClient>,
     id: u64,
@@ -355,7 +408,7 @@ async fn run_actions(
                                     continue;
                                 }
                             }
-                            if flush(ws, session, counters).await.is_err() {
+                            if flush(ws, writer, session, counters).await.is_err() {
                                 return None;
                             }
                         }
