@@ -112,6 +112,8 @@ pub struct Settings {
     /// Web origins that may open sessions; empty: same origin only.
     pub allowed_origins: Vec<String>,
     pub audio: crate::audio::AudioSettings,
+    /// Largest reassembled dynamic-channel message a server may send.
+    pub max_dvc_message: usize,
 }
 
 /// Values given explicitly on the command line or in the environment, keyed by TOML name.
@@ -281,6 +283,7 @@ impl Layers {
             allowed_origins: self
                 .get(ALLOWED_ORIGINS, parse::origins)?
                 .unwrap_or_default(),
+            max_dvc_message: self.req(MAX_DVC_MESSAGE, |s| size(s, 64 << 10, 64 << 20))?,
             audio: crate::audio::AudioSettings {
                 enabled: self.req(AUDIO, bool_value)?,
                 bitrate: self.req(AUDIO_BITRATE, |s| {

@@ -9,6 +9,7 @@ use ironrdp_connector::{ClientConnector, Config, ConnectorError, ConnectorErrorK
 use ironrdp_displaycontrol::client::DisplayControlClient;
 use ironrdp_dvc::DrdynvcClient;
 
+use super::dvc::BoundedDrdynvc;
 use crate::audio::AudioSink;
 use ironrdp_pdu::gcc;
 use ironrdp_pdu::rdp::capability_sets::{MajorPlatformType, RailSupportLevel};
@@ -105,6 +106,7 @@ pub fn connector(
     target: &Target,
     size: DesktopSize,
     client_addr: SocketAddr,
+    max_dvc_message: usize,
     audio: Option<(&AudioSink, u64)>,
 ) -> ClientConnector {
     let dvc = DrdynvcClient::new()
@@ -118,9 +120,12 @@ pub fn connector(
             let (stat, dynamic) = super::audio::channels(sink, session);
             connector
                 .with_static_channel(stat)
-                .with_static_channel(dvc.with_dynamic_channel(dynamic.channel()))
+                .with_static_channel(BoundedDrdynvc::new(
+                    dvc.with_dynamic_channel(dynamic.channel()),
+                    max_dvc_message,
+                ))
         }
-        None => connector.with_static_channel(dvc),
+        None => connector.with_static_channel(BoundedDrdynvc::new(dvc, max_dvc_message)),
     }
 }
 

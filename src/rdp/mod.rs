@@ -9,6 +9,7 @@
 
 pub mod audio;
 pub mod connection;
+pub mod dvc;
 pub mod egfx;
 pub mod input;
 pub mod session;
@@ -98,6 +99,15 @@ pub enum RdpError {
     ConnectionLost { host: String, why: String },
     #[error("{host}: {err}")]
     Graphics { host: String, err: GfxError },
+    #[error(
+        "{host} sent a {len}-byte message on dynamic channel {channel}, above the limit of {limit} bytes (--max-dvc-message)"
+    )]
+    OversizeMessage {
+        host: String,
+        channel: u32,
+        len: u32,
+        limit: usize,
+    },
     #[error("{host} does not accept fast-path input, which rdpwire needs to send input")]
     NoFastPathInput { host: String },
     #[error("the graphics channel to {host} is not open yet")]

@@ -24,10 +24,13 @@ use ironrdp_session::image::DecodedImage;
 use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput, SessionError};
 use tracing::{debug, info, warn};
 
+use super::dvc::BoundedDrdynvc;
 use super::egfx::GfxChannel;
 use super::input::InputEvent;
 use super::{PointerEvent, RdpError, RdpEvent};
 use crate::audio::AudioSink;
+use ironrdp_dvc::DrdynvcClient;
+use ironrdp_svc::{SvcMessage, SvcProcessorMessages};
 
 /// Session-level events a single PDU can add (pointer updates, reactivation); the graphics
 /// events are bounded by the channel itself.
@@ -172,9 +175,22 @@ impl Session {
     /// Runs `f` on the graphics channel, if the server has opened it. (`DynamicChannelMut`
     /// only lends the processor for its own lifetime, hence the closure.)
     fn with_gfx<R>(&mut self, f: impl FnOnce(&mut GfxChannel) -> R) -> Option<R> {
-        self.stage
+        self.drdynvc()?
             .get_dvc_mut::<GfxChannel>()
             .map(|mut c| f(c.processor_mut()))
+    }
+
+    /// The dynamic channels (behind the gateway's size limit).
+    fn drdynvc(&mut self) -> Option<&mut DrdynvcClient> {
+        self.stage
+            .get_svc_processor_mut::<BoundedDrdynvc>()
+            .map(BoundedDrdynvc::inner_mut)
+    }
+
+    /// Sends dynamic-channel messages through the `drdynvc` static channel.
+    fn encode_dvc(&mut self, svc: Vec<SvcMessage>) -> Result<Vec<u8>, SessionError> {
+        self.stage
+            .process_svc_processor_messages(SvcProcessorMessages::<BoundedDrdynvc>::new(svc))
     }
 
     /// Marks the session over because the transport closed, with `reason` in words.
@@ -412,8 +428,8 @@ impl Session {
         let host = self.host.clone();
         let (channel_id, message) = {
             let mut dvc = self
-                .stage
-                .get_dvc_mut::<GfxChannel>()
+                .drdynvc()
+                .and_then(|d| d.get_dvc_mut::<GfxChannel>())
                 .ok_or_else(|| RdpError::GraphicsNotOpen { host: host.clone() })?;
             let id = dvc.channel_id();
             (
@@ -432,8 +448,7 @@ impl Session {
             why: e.to_string(),
         })?;
         let bytes = self
-            .stage
-            .encode_dvc_messages(svc)
+            .encode_dvc(svc)
             .map_err(|e| self.session_error("acknowledging a frame", &e))?;
         out.extend_from_slice(&bytes);
         Ok(())
@@ -444,7 +459,10 @@ impl Session {
     pub fn resize(&mut self, width: u16, height: u16, out: &mut Vec<u8>) -> Result<bool, RdpError> {
         self.check_live()?;
         let svc = {
-            let Some(dvc) = self.stage.get_dvc_mut::<DisplayControlClient>() else {
+            let Some(dvc) = self
+                .drdynvc()
+                .and_then(|d| d.get_dvc_mut::<DisplayControlClient>())
+            else {
                 return Ok(false);
             };
             if !dvc.processor().ready() {
@@ -466,8 +484,7 @@ impl Session {
                 })?
         };
         let bytes = self
-            .stage
-            .encode_dvc_messages(svc)
+            .encode_dvc(svc)
             .map_err(|e| self.session_error("resizing the desktop", &e))?;
         out.extend_from_slice(&bytes);
         Ok(true)
@@ -500,6 +517,18 @@ impl Session {
 
     /// A session error, preferring the graphics channel's own account of it.
     fn session_error(&mut self, doing: &'static str, err: &SessionError) -> RdpError {
+        let oversize = self
+            .stage
+            .get_svc_processor_mut::<BoundedDrdynvc>()
+            .and_then(BoundedDrdynvc::take_refusal);
+        if let Some(o) = oversize {
+            return RdpError::OversizeMessage {
+                host: self.host.clone(),
+                channel: o.channel,
+                len: o.len,
+                limit: o.limit,
+            };
+        }
         if let Some(gfx_err) = self.with_gfx(GfxChannel::take_error).flatten() {
             return RdpError::Graphics {
                 host: self.host.clone(),
@@ -564,8 +593,11 @@ mod tests {
             height: 720,
         };
         let mut static_channels = ironrdp_svc::StaticChannelSet::new();
-        static_channels.insert(DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()));
-        static_channels.attach_channel_id(TypeId::of::<DrdynvcClient>(), DRDYNVC_CHANNEL);
+        static_channels.insert(BoundedDrdynvc::new(
+            DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()),
+            1 << 20,
+        ));
+        static_channels.attach_channel_id(TypeId::of::<BoundedDrdynvc>(), DRDYNVC_CHANNEL);
         let result = ConnectionResult {
             io_channel_id: IO_CHANNEL,
             user_channel_id: USER_CHANNEL,
@@ -642,6 +674,29 @@ mod tests {
             "create response and capabilities advertise"
         );
         s
+    }
+
+    /// A server announcing a graphics message larger than the limit ends its session in words,
+    /// before any of it is kept; one within the limit goes through.
+    #[test]
+    fn a_dynamic_channel_message_above_the_limit_ends_the_session() {
+        use ironrdp_dvc::pdu::DataFirstPdu;
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let fine = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+            DataFirstPdu::new(GFX_DVC, 1 << 20, vec![0; 64]),
+        )));
+        s.process(Action::X224, &fine, None, &mut out).unwrap();
+        let huge = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+            DataFirstPdu::new(GFX_DVC, u32::MAX, vec![0; 64]),
+        )));
+        let err = s.process(Action::X224, &huge, None, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "test-host sent a 4294967295-byte message on dynamic channel {GFX_DVC}, above the limit of 1048576 bytes (--max-dvc-message)"
+            )
+        );
     }
 
     #[test]

@@ -270,6 +270,7 @@ async fn connect_inner(
         target,
         size,
         client_addr,
+        settings.max_dvc_message,
         audio.as_ref().map(|(sink, id)| (sink, *id)),
     );
     let mut framed = Framed::<Io<TcpStream>>::new(tcp);

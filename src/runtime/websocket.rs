@@ -89,7 +89,9 @@ pub async fn run(
     let mut writer = Writer::default();
 
     let end = loop {
-        if let Some(end) = run_actions(&core, &mut ws, &mut writer, &mut session, &mut rdp, id).await {
+        if let Some(end) =
+            run_actions(&core, &mut ws, &mut writer, &mut session, &mut rdp, id).await
+        {
             break end;
         }
         if session.phase() == Phase::Ended {
