@@ -1,20 +1,38 @@
 //! The dynamic virtual channel multiplexer (`drdynvc`): IronRDP's client, with a limit on the
-//! size of one reassembled message.
+//! size of one reassembled message and a reassembly that keeps nothing afterwards.
 //!
-//! A server announces a fragmented message's full length in its DataFirst PDU, and IronRDP
-//! reassembles up to that length (it refuses fragments beyond it). The length field is 32
-//! bits, so without a limit one server could make the gateway hold 4 GiB for one session. The
-//! limit is checked on the announcement, before the first byte is kept.
+//! A server announces a fragmented message's full length in its DataFirst PDU. The length
+//! field is 32 bits, so without a limit one server could make the gateway hold 4 GiB for one
+//! session: the limit is checked on the announcement, before the first byte is kept.
+//!
+//! IronRDP's own reassembly keeps its buffer's capacity after each message, so every session
+//! would hold on to the size of the largest key frame it ever received. Uncompressed fragments
+//! are therefore reassembled here, in a buffer of exactly the announced size that is freed
+//! once the message has been handed on, and IronRDP only ever sees whole messages.
+//! (Compressed fragments carry a per-channel decompression history only IronRDP holds, so
+//! they go to it as they are, within the same limit.)
 
-use ironrdp_core::impl_as_any;
+use ironrdp_core::{encode_vec, impl_as_any};
+use ironrdp_dvc::pdu::{DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
 use ironrdp_dvc::DrdynvcClient;
 use ironrdp_pdu::gcc::ChannelName;
 use ironrdp_pdu::{pdu_other_err, PduResult};
 use ironrdp_svc::{CompressionCondition, SvcClientProcessor, SvcMessage, SvcProcessor};
+use tracing::warn;
 
 /// MS-RDPEDYC 2.2.3.1 DYNVC_DATA_FIRST and 2.2.3.3 DYNVC_DATA_FIRST_COMPRESSED.
 const CMD_DATA_FIRST: u8 = 0x02;
+const CMD_DATA: u8 = 0x03;
+const CMD_CLOSE: u8 = 0x04;
 const CMD_DATA_FIRST_COMPRESSED: u8 = 0x06;
+
+/// A fragmented message being put together.
+#[derive(Debug)]
+struct Partial {
+    channel: u32,
+    total: usize,
+    data: Vec<u8>,
+}
 
 /// A message longer than the limit, as the server announced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +47,8 @@ pub struct BoundedDrdynvc {
     inner: DrdynvcClient,
     max_message: usize,
     refused: Option<Oversize>,
+    /// One per channel with a message in progress (a handful of channels at most).
+    partial: Vec<Partial>,
 }
 
 impl_as_any!(BoundedDrdynvc);
@@ -39,6 +59,7 @@ impl BoundedDrdynvc {
             inner,
             max_message,
             refused: None,
+            partial: Vec::new(),
         }
     }
 
@@ -70,31 +91,54 @@ impl BoundedDrdynvc {
     }
 }
 
-/// Channel id and total length of a DataFirst PDU; `None` for any other PDU (or one too short
-/// to say, which IronRDP then refuses itself).
-fn announced_length(payload: &[u8]) -> Option<(u32, u32)> {
-    let (&header, rest) = payload.split_first()?;
-    let cmd = header >> 4;
-    if cmd != CMD_DATA_FIRST && cmd != CMD_DATA_FIRST_COMPRESSED {
-        return None;
-    }
+/// The parts of a DRDYNVC PDU this layer looks at (MS-RDPEDYC 2.2): the command, the channel,
+/// for DataFirst the announced length, and where the data starts.
+struct Header {
+    cmd: u8,
+    channel: u32,
+    len: Option<u32>,
+    data_at: usize,
+}
+
+fn header(payload: &[u8]) -> Option<Header> {
+    let (&first, rest) = payload.split_first()?;
+    let cmd = first >> 4;
     let field = |bits: u8| match bits & 0x3 {
         0 => Some(1),
         1 => Some(2),
         2 => Some(4),
         _ => None,
     };
-    let id_len = field(header)?;
-    let len_len = field(header >> 2)?;
     let le = |bytes: &[u8]| {
         bytes
             .iter()
             .rev()
             .fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
     };
+    let id_len = field(first)?;
     let channel = le(rest.get(..id_len)?);
-    let len = le(rest.get(id_len..id_len + len_len)?);
-    Some((channel, len))
+    let (len, data_at) = if cmd == CMD_DATA_FIRST || cmd == CMD_DATA_FIRST_COMPRESSED {
+        let len_len = field(first >> 2)?;
+        (
+            Some(le(rest.get(id_len..id_len + len_len)?)),
+            1 + id_len + len_len,
+        )
+    } else {
+        (None, 1 + id_len)
+    };
+    Some(Header {
+        cmd,
+        channel,
+        len,
+        data_at,
+    })
+}
+
+/// Channel id and total length of a DataFirst PDU; `None` for any other PDU (or one too short
+/// to say, which IronRDP then refuses itself).
+fn announced_length(payload: &[u8]) -> Option<(u32, u32)> {
+    let h = header(payload)?;
+    Some((h.channel, h.len?))
 }
 
 impl SvcProcessor for BoundedDrdynvc {
@@ -112,7 +156,63 @@ impl SvcProcessor for BoundedDrdynvc {
 
     fn process(&mut self, payload: &[u8]) -> PduResult<Vec<SvcMessage>> {
         self.check(payload)?;
-        self.inner.process(payload)
+        let Some(h) = header(payload) else {
+            return self.inner.process(payload);
+        };
+        let data = payload.get(h.data_at..).unwrap_or(&[]);
+        let at = self.partial.iter().position(|p| p.channel == h.channel);
+        match (h.cmd, h.len, at) {
+            (CMD_DATA_FIRST, Some(total), _) => {
+                if let Some(i) = at {
+                    warn!(
+                        channel = h.channel,
+                        "incomplete dynamic channel message dropped"
+                    );
+                    self.partial.swap_remove(i);
+                }
+                let total = usize::try_from(total).unwrap_or(usize::MAX);
+                if data.len() >= total {
+                    // Whole already (or too long, which IronRDP refuses in its words).
+                    return self.inner.process(payload);
+                }
+                // `check` bounded `total` by the limit.
+                let mut buf = Vec::with_capacity(total);
+                buf.extend_from_slice(data);
+                self.partial.push(Partial {
+                    channel: h.channel,
+                    total,
+                    data: buf,
+                });
+                Ok(Vec::new())
+            }
+            (CMD_DATA, _, Some(i)) => {
+                let p = &mut self.partial[i];
+                if p.data.len() + data.len() > p.total {
+                    self.partial.swap_remove(i);
+                    return Err(pdu_other_err!(
+                        "DVC Data",
+                        "blocks are longer than the message length"
+                    ));
+                }
+                p.data.extend_from_slice(data);
+                if p.data.len() < p.total {
+                    return Ok(Vec::new());
+                }
+                let whole = self.partial.swap_remove(i);
+                let pdu = DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+                    whole.channel,
+                    whole.data,
+                )));
+                let bytes = encode_vec(&pdu).map_err(|e| pdu_other_err!("DVC Data", source: e))?;
+                drop(pdu);
+                self.inner.process(&bytes)
+            }
+            (CMD_CLOSE, _, Some(i)) => {
+                self.partial.swap_remove(i);
+                self.inner.process(payload)
+            }
+            _ => self.inner.process(payload),
+        }
     }
 }
 
@@ -122,8 +222,7 @@ impl SvcClientProcessor for BoundedDrdynvc {}
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use ironrdp_core::encode_vec;
-    use ironrdp_dvc::pdu::{DataFirstPdu, DrdynvcDataPdu, DrdynvcServerPdu};
+    use ironrdp_dvc::pdu::DataFirstPdu;
 
     fn data_first(channel: u32, len: u32) -> Vec<u8> {
         let pdu = DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(DataFirstPdu::new(

@@ -699,6 +699,69 @@ mod tests {
         );
     }
 
+    /// A graphics message in fragments comes out as the same events; fragments beyond the
+    /// announced length end the session.
+    #[test]
+    fn fragmented_graphics_messages_are_reassembled_and_bounded() {
+        use ironrdp_dvc::pdu::DataFirstPdu;
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let mut raw = Vec::new();
+        for frame_id in 0..200u32 {
+            raw.extend(
+                encode_vec(&GfxPdu::StartFrame(StartFramePdu {
+                    timestamp: Timestamp {
+                        milliseconds: 0,
+                        seconds: 0,
+                        minutes: 0,
+                        hours: 0,
+                    },
+                    frame_id,
+                }))
+                .unwrap(),
+            );
+            raw.extend(encode_vec(&GfxPdu::EndFrame(EndFramePdu { frame_id })).unwrap());
+        }
+        let message = zgfx::wrap_uncompressed(&raw);
+        let parts: Vec<&[u8]> = message.chunks(1000).collect();
+        assert!(parts.len() > 3);
+        let total = u32::try_from(message.len()).unwrap();
+        let first = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+            DataFirstPdu::new(GFX_DVC, total, parts[0].to_vec()),
+        )));
+        s.process(Action::X224, &first, None, &mut out).unwrap();
+        for part in &parts[1..] {
+            assert!(!s.has_events(), "nothing before the last fragment");
+            let next = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+                GFX_DVC,
+                part.to_vec(),
+            ))));
+            s.process(Action::X224, &next, None, &mut out).unwrap();
+        }
+        let events: Vec<_> = std::iter::from_fn(|| s.next_event()).collect();
+        assert_eq!(events.len(), 400);
+        assert_eq!(
+            events[399],
+            RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 199 })
+        );
+
+        let first = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+            DataFirstPdu::new(GFX_DVC, 1500, vec![0; 1000]),
+        )));
+        s.process(Action::X224, &first, None, &mut out).unwrap();
+        let too_long = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            vec![0; 1000],
+        ))));
+        let err = s
+            .process(Action::X224, &too_long, None, &mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("longer than the message length"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn graphics_commands_become_events_and_frames_are_acknowledged() {
         let mut s = open_session();
