@@ -329,7 +329,7 @@ fn stream_1080p(noisy: bool) {
     // chunk (they are written whole, from the heap).
     let display = server.display;
     let noise = std::env::temp_dir().join(format!("rdpwire-noise-{}.xbm", std::process::id()));
-    std::fs::write(&noise, random_xbm(256, 256)).unwrap();
+    std::fs::write(&noise, freerdp::random_xbm(256, 256)).unwrap();
     let painting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let painter = {
         let painting = painting.clone();
@@ -424,23 +424,4 @@ fn wrong_password_and_unreachable_host_are_reported_in_words() {
             break;
         }
     }
-}
-
-/// An X bitmap of random bits: tiled over the screen, a picture H.264 cannot make small.
-fn random_xbm(width: u32, height: u32) -> String {
-    let mut seed = 0x9e37_79b9_u32;
-    let mut out = format!(
-        "#define noise_width {width}\n#define noise_height {height}\nstatic unsigned char noise_bits[] = {{\n"
-    );
-    for i in 0..width * height / 8 {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        out.push_str(&format!("0x{:02x},", seed & 0xff));
-        if i % 16 == 15 {
-            out.push('\n');
-        }
-    }
-    out.push_str("};\n");
-    out
 }

@@ -156,6 +156,26 @@ fn shadow_server_picture_and_its_changes_show_on_the_canvas() {
     for t in &took {
         assert!(*t < Duration::from_millis(500), "{took:?}");
     }
+    // A picture of random bits: key frames of hundreds of kilobytes, which reach the page as
+    // fragmented WebSocket messages; the stream goes on after them.
+    let before = b.stats()["bytesReceived"].as_u64().unwrap();
+    server.paint_noise("white");
+    assert!(
+        support::eventually(Duration::from_secs(5), || {
+            b.stats()["bytesReceived"].as_u64().unwrap() > before + (200 << 10)
+        }),
+        "no large frames came\n{}",
+        b.describe_page()
+    );
+    let after = [0x44, 0x22, 0x88];
+    server.paint(&hex(after));
+    assert!(
+        b.wait_pixel(cx, cy, after, TOL, Duration::from_secs(5))
+            .is_some(),
+        "the picture stopped after the large frames: {:?}\n{}",
+        b.pixel(cx, cy),
+        b.describe_page()
+    );
     let s = b.stats();
     assert_eq!(s["decodeErrors"], 0, "{s}");
     assert_eq!(s["state"], "connected", "{s}");

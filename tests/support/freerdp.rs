@@ -192,6 +192,23 @@ impl ShadowServer {
             .args(["-solid", colour]));
     }
 
+    /// Tiles the root window with random bits in `fg` on black: a picture whose H.264 key
+    /// frames are about a megabyte at 1080p.
+    pub fn paint_noise(&self, fg: &str) {
+        let path = std::env::temp_dir().join(format!(
+            "rdpwire-noise-{}-{}.xbm",
+            std::process::id(),
+            self.display
+        ));
+        std::fs::write(&path, random_xbm(256, 256)).unwrap();
+        run(Command::new("xsetroot")
+            .env("DISPLAY", format!(":{}", self.display))
+            .arg("-bitmap")
+            .arg(&path)
+            .args(["-fg", fg, "-bg", "black"]));
+        let _ = std::fs::remove_file(&path);
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -229,4 +246,23 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool, what: &str) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// An X bitmap of random bits: tiled over the screen, a picture H.264 cannot make small.
+pub fn random_xbm(width: u32, height: u32) -> String {
+    let mut seed = 0x9e37_79b9_u32;
+    let mut out = format!(
+        "#define noise_width {width}\n#define noise_height {height}\nstatic unsigned char noise_bits[] = {{\n"
+    );
+    for i in 0..width * height / 8 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        out.push_str(&format!("0x{:02x},", seed & 0xff));
+        if i % 16 == 15 {
+            out.push('\n');
+        }
+    }
+    out.push_str("};\n");
+    out
 }
