@@ -66,6 +66,8 @@ pub struct Inputs {
     pub ws_max_message: usize,
     /// Sessions play sound (`audio.enabled`).
     pub audio: bool,
+    /// Per core: the heap large graphics messages share (`Settings::large_frames`).
+    pub large_frames: u64,
 }
 
 /// The budget split into its parts, for the start-up log, `check-config` and `/metrics`.
@@ -87,6 +89,8 @@ pub struct Base {
     pub process: u64,
     pub executors: u64,
     pub pending_http: u64,
+    /// Per core, the heap shared by large graphics messages (key frames above 16 KiB).
+    pub large_frames: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +108,7 @@ pub struct PerSession {
 
 impl Base {
     pub fn total(&self) -> u64 {
-        self.process + self.executors + self.pending_http
+        self.process + self.executors + self.pending_http + self.large_frames
     }
 }
 
@@ -153,6 +157,7 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         process: PROCESS_BASE,
         executors: cores * PER_EXECUTOR,
         pending_http: cores * i.max_pending_http as u64 * (HTTP_HEAD_LIMIT as u64 + browser_kernel),
+        large_frames: cores * i.large_frames,
     };
     let per = per_session.total();
     let budget_sessions =
@@ -218,6 +223,7 @@ mod tests {
             max_pending_http: s.max_pending_http,
             ws_max_message: s.ws_max_message,
             audio: s.audio.enabled,
+            large_frames: s.large_frames() as u64,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct CoreCounters {
     pub audio_dropped: AtomicU64,
     /// Times a session's picture had to wait because its page held all the frames it may.
     pub graphics_paused: AtomicU64,
+    /// Times a large graphics message waited for room in its core's budget.
+    pub large_frame_waits: AtomicU64,
     bytes: [AtomicU64; 4],
 }
 
@@ -326,6 +328,12 @@ impl Telemetry {
             "counter",
             "Payload bytes through the gateway, per executor CPU.",
             &core_bytes,
+        );
+        metric(
+            "rdpwire_large_frame_waits_total",
+            "counter",
+            "Times a large graphics message waited for room in its core's budget (--large-frames); its server was not read meanwhile.",
+            &one(self.sum(|c| c.large_frame_waits.load(Relaxed))),
         );
         metric(
             "rdpwire_graphics_paused_total",

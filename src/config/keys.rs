@@ -75,8 +75,10 @@ keys! {
         "libopus encoder complexity 0-10: higher costs more CPU per stream for a little more quality";
     AUDIO_MAX_QUEUE: "audio.max_queue", "audio-max-queue", "RDPWIRE_AUDIO_MAX_QUEUE", Some("200ms"),
         "most sound that may wait for a slow page; older packets are dropped";
-    MAX_DVC_MESSAGE: "memory.max_dvc_message", "max-dvc-message", "RDPWIRE_MAX_DVC_MESSAGE", Some("4MiB"),
+    MAX_DVC_MESSAGE: "memory.max_dvc_message", "max-dvc-message", "RDPWIRE_MAX_DVC_MESSAGE", Some("2MiB"),
         "largest dynamic-channel message (one reassembled graphics PDU) an RDP server may send; a larger one ends its session";
+    LARGE_FRAMES: "memory.large_frames", "large-frames", "RDPWIRE_LARGE_FRAMES", Some("8MiB"),
+        "per core: heap that graphics messages above 16 KiB share (each costs 4x its size while it is processed); at least 4x --max-dvc-message";
     BROWSER_SNDBUF: "memory.browser_sndbuf", "browser-sndbuf", "RDPWIRE_BROWSER_SNDBUF", Some("32KiB"),
         "SO_SNDBUF of browser sockets (the kernel doubles it; the doubled value is budgeted)";
     BROWSER_RCVBUF: "memory.browser_rcvbuf", "browser-rcvbuf", "RDPWIRE_BROWSER_RCVBUF", Some("8KiB"),

@@ -114,6 +114,19 @@ pub struct Settings {
     pub audio: crate::audio::AudioSettings,
     /// Largest reassembled dynamic-channel message a server may send.
     pub max_dvc_message: usize,
+    /// Per core: the budget large graphics messages share (see `rdp::large`).
+    pub large_frames: usize,
+}
+
+impl Settings {
+    /// The large-message budget per core as used: never below what the largest message costs,
+    /// so one always fits.
+    pub fn large_frames(&self) -> usize {
+        self.large_frames.max(
+            self.max_dvc_message
+                .saturating_mul(crate::rdp::large::COPIES),
+        )
+    }
 }
 
 /// Values given explicitly on the command line or in the environment, keyed by TOML name.
@@ -284,6 +297,7 @@ impl Layers {
                 .get(ALLOWED_ORIGINS, parse::origins)?
                 .unwrap_or_default(),
             max_dvc_message: self.req(MAX_DVC_MESSAGE, |s| size(s, 64 << 10, 64 << 20))?,
+            large_frames: self.req(LARGE_FRAMES, |s| size(s, 1 << 20, 1 << 30))?,
             audio: crate::audio::AudioSettings {
                 enabled: self.req(AUDIO, bool_value)?,
                 bitrate: self.req(AUDIO_BITRATE, |s| {

@@ -10,6 +10,7 @@ use ironrdp_displaycontrol::client::DisplayControlClient;
 use ironrdp_dvc::DrdynvcClient;
 
 use super::dvc::BoundedDrdynvc;
+use super::large::LargeBudget;
 use crate::audio::AudioSink;
 use ironrdp_pdu::gcc;
 use ironrdp_pdu::rdp::capability_sets::{MajorPlatformType, RailSupportLevel};
@@ -107,6 +108,7 @@ pub fn connector(
     size: DesktopSize,
     client_addr: SocketAddr,
     max_dvc_message: usize,
+    large: Option<LargeBudget>,
     audio: Option<(&AudioSink, u64)>,
 ) -> ClientConnector {
     let dvc = DrdynvcClient::new()
@@ -115,17 +117,21 @@ pub fn connector(
     let mut cfg = config(target, size);
     cfg.enable_audio_playback = audio.is_some();
     let connector = ClientConnector::new(cfg, client_addr);
+    let bounded = |dvc| {
+        let d = BoundedDrdynvc::new(dvc, max_dvc_message);
+        match large {
+            Some(budget) => d.with_budget(budget),
+            None => d,
+        }
+    };
     match audio {
         Some((sink, session)) => {
             let (stat, dynamic) = super::audio::channels(sink, session);
             connector
                 .with_static_channel(stat)
-                .with_static_channel(BoundedDrdynvc::new(
-                    dvc.with_dynamic_channel(dynamic.channel()),
-                    max_dvc_message,
-                ))
+                .with_static_channel(bounded(dvc.with_dynamic_channel(dynamic.channel())))
         }
-        None => connector.with_static_channel(BoundedDrdynvc::new(dvc, max_dvc_message)),
+        None => connector.with_static_channel(bounded(dvc)),
     }
 }
 

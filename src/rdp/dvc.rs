@@ -20,6 +20,12 @@ use ironrdp_pdu::{pdu_other_err, PduResult};
 use ironrdp_svc::{CompressionCondition, SvcClientProcessor, SvcMessage, SvcProcessor};
 use tracing::warn;
 
+use super::large::{LargeBudget, LargePermit, COPIES};
+
+/// Messages up to this size (one pool chunk's worth) need no room in the large budget: their
+/// copies are counted in every session's own figure.
+pub const LARGE: usize = 16 << 10;
+
 /// MS-RDPEDYC 2.2.3.1 DYNVC_DATA_FIRST and 2.2.3.3 DYNVC_DATA_FIRST_COMPRESSED.
 const CMD_DATA_FIRST: u8 = 0x02;
 const CMD_DATA: u8 = 0x03;
@@ -32,6 +38,8 @@ struct Partial {
     channel: u32,
     total: usize,
     data: Vec<u8>,
+    /// Its room in the core's large-message budget; `None` while it waits for one.
+    permit: Option<LargePermit>,
 }
 
 /// A message longer than the limit, as the server announced it.
@@ -49,6 +57,12 @@ pub struct BoundedDrdynvc {
     refused: Option<Oversize>,
     /// One per channel with a message in progress (a handful of channels at most).
     partial: Vec<Partial>,
+    /// The core's budget for large messages; `None` in tests that do not need one.
+    large: Option<LargeBudget>,
+    /// Budget a message waits for before more of the server is read.
+    needs: Option<usize>,
+    /// Permits of finished messages whose access units are still on their way to the page.
+    held: Vec<LargePermit>,
 }
 
 impl_as_any!(BoundedDrdynvc);
@@ -60,7 +74,41 @@ impl BoundedDrdynvc {
             max_message,
             refused: None,
             partial: Vec::new(),
+            large: None,
+            needs: None,
+            held: Vec::new(),
         }
+    }
+
+    /// Large messages (above one pool chunk) draw on `budget` (see `rdp::large`).
+    #[must_use]
+    pub fn with_budget(mut self, budget: LargeBudget) -> Self {
+        self.large = Some(budget);
+        self
+    }
+
+    /// The budget a message waits for: until it is granted, the server must not be read.
+    pub fn permit_needed(&self) -> Option<usize> {
+        self.needs
+    }
+
+    /// The permit the waiting message waited for.
+    pub fn give_permit(&mut self, permit: LargePermit) {
+        self.needs = None;
+        if let Some(p) = self.partial.iter_mut().find(|p| p.permit.is_none()) {
+            p.data.reserve_exact(p.total.saturating_sub(p.data.len()));
+            p.permit = Some(permit);
+        }
+    }
+
+    /// True while finished large messages still count against the budget.
+    pub fn holds_permits(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The page has everything that came before: the finished messages' room goes back.
+    pub fn release_held(&mut self) {
+        self.held.clear();
     }
 
     pub fn inner_mut(&mut self) -> &mut DrdynvcClient {
@@ -175,13 +223,30 @@ impl SvcProcessor for BoundedDrdynvc {
                     // Whole already (or too long, which IronRDP refuses in its words).
                     return self.inner.process(payload);
                 }
-                // `check` bounded `total` by the limit.
-                let mut buf = Vec::with_capacity(total);
+                // `check` bounded `total` by the limit. A large message takes its room in the
+                // core's budget first, or waits for it with only this first block kept.
+                let permit = match &self.large {
+                    Some(budget) if total > LARGE => {
+                        let cost = total.saturating_mul(COPIES);
+                        let permit = budget.try_take(cost);
+                        if permit.is_none() {
+                            self.needs = Some(cost);
+                        }
+                        permit
+                    }
+                    _ => None,
+                };
+                let mut buf = if permit.is_some() || self.needs.is_none() {
+                    Vec::with_capacity(total)
+                } else {
+                    Vec::new()
+                };
                 buf.extend_from_slice(data);
                 self.partial.push(Partial {
                     channel: h.channel,
                     total,
                     data: buf,
+                    permit,
                 });
                 Ok(Vec::new())
             }
@@ -199,13 +264,20 @@ impl SvcProcessor for BoundedDrdynvc {
                     return Ok(Vec::new());
                 }
                 let whole = self.partial.swap_remove(i);
+                let total = whole.total;
                 let pdu = DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
                     whole.channel,
                     whole.data,
                 )));
                 let bytes = encode_vec(&pdu).map_err(|e| pdu_other_err!("DVC Data", source: e))?;
                 drop(pdu);
-                self.inner.process(&bytes)
+                let replies = self.inner.process(&bytes);
+                // What is left of the message is its access unit, on its way to the page.
+                if let Some(mut permit) = whole.permit {
+                    permit.shrink_to(total);
+                    self.held.push(permit);
+                }
+                replies
             }
             (CMD_CLOSE, _, Some(i)) => {
                 self.partial.swap_remove(i);

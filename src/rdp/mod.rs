@@ -12,6 +12,7 @@ pub mod connection;
 pub mod dvc;
 pub mod egfx;
 pub mod input;
+pub mod large;
 pub mod session;
 pub mod target;
 pub mod tiles;

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::dvc::BoundedDrdynvc;
 use super::egfx::GfxChannel;
 use super::input::InputEvent;
+use super::large::LargePermit;
 use super::{PointerEvent, RdpError, RdpEvent};
 use crate::audio::AudioSink;
 use ironrdp_dvc::DrdynvcClient;
@@ -185,6 +186,33 @@ impl Session {
         self.stage
             .get_svc_processor_mut::<BoundedDrdynvc>()
             .map(BoundedDrdynvc::inner_mut)
+    }
+
+    /// Room in the core's large-message budget the server's current message waits for; the
+    /// server must not be read until [`Session::give_large_permit`].
+    pub fn large_permit_needed(&mut self) -> Option<usize> {
+        self.stage
+            .get_svc_processor_mut::<BoundedDrdynvc>()
+            .and_then(|d| d.permit_needed())
+    }
+
+    pub fn give_large_permit(&mut self, permit: LargePermit) {
+        if let Some(d) = self.stage.get_svc_processor_mut::<BoundedDrdynvc>() {
+            d.give_permit(permit);
+        }
+    }
+
+    /// Gives back the budget of large messages once the page has everything before: no
+    /// graphics event is queued here and the caller has written all it had.
+    pub fn release_large(&mut self) {
+        if self.has_graphics() {
+            return;
+        }
+        if let Some(d) = self.stage.get_svc_processor_mut::<BoundedDrdynvc>() {
+            if d.holds_permits() {
+                d.release_held();
+            }
+        }
     }
 
     /// Sends dynamic-channel messages through the `drdynvc` static channel.
@@ -580,6 +608,10 @@ mod tests {
     const GFX_DVC: u32 = 5;
 
     fn session() -> Session {
+        session_with(None)
+    }
+
+    fn session_with(large: Option<crate::rdp::large::LargeBudget>) -> Session {
         let target = Target {
             host: "test-host".into(),
             port: 3389,
@@ -593,10 +625,14 @@ mod tests {
             height: 720,
         };
         let mut static_channels = ironrdp_svc::StaticChannelSet::new();
-        static_channels.insert(BoundedDrdynvc::new(
+        let d = BoundedDrdynvc::new(
             DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()),
             1 << 20,
-        ));
+        );
+        static_channels.insert(match large {
+            Some(budget) => d.with_budget(budget),
+            None => d,
+        });
         static_channels.attach_channel_id(TypeId::of::<BoundedDrdynvc>(), DRDYNVC_CHANNEL);
         let result = ConnectionResult {
             io_channel_id: IO_CHANNEL,
@@ -655,7 +691,11 @@ mod tests {
 
     /// A session whose graphics channel the server has opened.
     fn open_session() -> Session {
-        let mut s = session();
+        open_session_with(None)
+    }
+
+    fn open_session_with(large: Option<crate::rdp::large::LargeBudget>) -> Session {
+        let mut s = session_with(large);
         assert_eq!(
             s.next_event(),
             Some(RdpEvent::Connected {
@@ -697,6 +737,73 @@ mod tests {
                 "test-host sent a 4294967295-byte message on dynamic channel {GFX_DVC}, above the limit of 1048576 bytes (--max-dvc-message)"
             )
         );
+    }
+
+    /// Two sessions of one core share the large-message budget: while one holds it, the
+    /// other's large message waits (its server is not read) until the first is on the page.
+    #[test]
+    fn large_messages_share_the_cores_budget() {
+        use crate::rdp::large::{LargeBudget, COPIES};
+        use ironrdp_dvc::pdu::DataFirstPdu;
+        let budget = LargeBudget::new(COPIES * 100_000);
+        let mut a = open_session_with(Some(budget.clone()));
+        let mut b = open_session_with(Some(budget.clone()));
+        let mut out = Vec::new();
+        // One solid fill of 12,500 rectangles: a 100 KB graphics message.
+        let rect = ironrdp_pdu::geometry::ExclusiveRectangle {
+            left: 0,
+            top: 0,
+            right: 8,
+            bottom: 8,
+        };
+        let fill = GfxPdu::SolidFill(ironrdp_egfx::pdu::SolidFillPdu {
+            surface_id: 1,
+            fill_pixel: ironrdp_egfx::pdu::Color {
+                b: 0,
+                g: 0,
+                r: 0,
+                xa: 255,
+            },
+            rectangles: vec![rect; 12_500],
+        });
+        let message = zgfx::wrap_uncompressed(&encode_vec(&fill).unwrap());
+        let total = message.len();
+        let first = |m: &[u8]| {
+            dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+                DataFirstPdu::new(GFX_DVC, u32::try_from(m.len()).unwrap(), m[..1000].to_vec()),
+            )))
+        };
+        // Servers keep each DVC PDU within one 1600-byte channel chunk.
+        let rest = |s: &mut Session, m: &[u8], out: &mut Vec<u8>| {
+            for part in m[1000..].chunks(1000) {
+                let pdu = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+                    GFX_DVC,
+                    part.to_vec(),
+                ))));
+                s.process(Action::X224, &pdu, None, out).unwrap();
+            }
+        };
+        a.process(Action::X224, &first(&message), None, &mut out)
+            .unwrap();
+        assert_eq!(a.large_permit_needed(), None);
+        assert_eq!(budget.used(), COPIES * total);
+        b.process(Action::X224, &first(&message), None, &mut out)
+            .unwrap();
+        assert_eq!(b.large_permit_needed(), Some(COPIES * total), "b must wait");
+        // a's message completes; only its access unit's share stays until the page has it.
+        rest(&mut a, &message, &mut out);
+        assert_eq!(budget.used(), total);
+        assert!(budget.try_take(COPIES * total).is_none());
+        while a.next_event().is_some() {}
+        a.release_large();
+        assert_eq!(budget.used(), 0);
+        let permit = budget.try_take(COPIES * total).unwrap();
+        b.give_large_permit(permit);
+        assert_eq!(b.large_permit_needed(), None);
+        rest(&mut b, &message, &mut out);
+        while b.next_event().is_some() {}
+        b.release_large();
+        assert_eq!(budget.used(), 0);
     }
 
     /// A graphics message in fragments comes out as the same events; fragments beyond the

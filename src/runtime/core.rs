@@ -33,6 +33,8 @@ pub struct Core {
     pub pending_http: Cell<usize>,
     /// Sessions this core admits; the arena is sized for exactly this many.
     pub capacity: usize,
+    /// The budget its sessions' large graphics messages share.
+    pub large: crate::rdp::large::LargeBudget,
 }
 
 impl Core {

@@ -49,6 +49,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, RuntimeError> {
         max_pending_http: settings.max_pending_http,
         ws_max_message: settings.ws_max_message,
         audio: settings.audio.enabled,
+        large_frames: settings.large_frames() as u64,
     })?;
     Ok(Plan {
         cpus,
@@ -73,7 +74,7 @@ impl Plan {
         format!(
             "executors: {} on CPUs {} (allowed: {})\n\
              memory budget: {} ({source})\n\
-             base: {} = process {} + executors {} + pending HTTP {}\n\
+             base: {} = process {} + executors {} + pending HTTP {} + large frames {}\n\
              per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {} + audio {}\n\
              max sessions: {}{} split per core {:?}",
             self.cpus.len(),
@@ -84,6 +85,7 @@ impl Plan {
             Human(s.base.process),
             Human(s.base.executors),
             Human(s.base.pending_http),
+            Human(s.base.large_frames),
             Human(s.per_session.total()),
             Human(s.per_session.pools),
             Human(s.per_session.kernel_sockets),
@@ -117,6 +119,7 @@ impl Plan {
                 "process": s.base.process,
                 "executors": s.base.executors,
                 "pending_http": s.base.pending_http,
+                "large_frames": s.base.large_frames,
             },
             "per_session": {
                 "pools": s.per_session.pools,

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::audio::AudioSink;
 use crate::config::Settings;
 use crate::rdp::connection::{self, DesktopSize, Phase};
+use crate::rdp::large::LargeBudget;
 use crate::rdp::target::{self, Target, TlsPolicy};
 use crate::rdp::{describe_io, InputEvent, RdpError, RdpEvent, Session};
 
@@ -39,8 +40,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The framing buffer grows by at least this much when a read needs room.
 const READ_CHUNK: usize = 8 << 10;
 
+/// What a session shares with its core and its browser side.
+#[derive(Default)]
+pub struct Links {
+    /// The session's sound sink and id: the server's sound goes there.
+    pub audio: Option<(AudioSink, u64)>,
+    /// The core's budget for large graphics messages.
+    pub large: Option<LargeBudget>,
+}
+
 /// A connected RDP session.
 pub struct RdpClient {
+    large: Option<LargeBudget>,
     framed: Framed<Io<TlsStream<TcpStream>>>,
     session: Session,
     host: String,
@@ -63,22 +74,22 @@ impl RdpClient {
         size: DesktopSize,
         settings: &Settings,
     ) -> Result<RdpClient, RdpError> {
-        Self::connect_with_progress(target, size, settings, None, &|_| {}).await
+        Self::connect_with_progress(target, size, settings, Links::default(), &|_| {}).await
     }
 
-    /// `connect`, telling `progress` as each step of the connection sequence is reached.
-    /// With `audio` (the session's sink and id), the server's sound goes there.
+    /// `connect`, telling `progress` as each step of the connection sequence is reached, with
+    /// the session's `links` to its core.
     pub async fn connect_with_progress(
         target: &Target,
         size: DesktopSize,
         settings: &Settings,
-        audio: Option<(AudioSink, u64)>,
+        links: Links,
         progress: &dyn Fn(ConnectStep),
     ) -> Result<RdpClient, RdpError> {
         let started = Instant::now();
         let host = target.host.clone();
         let result = futures_lite::future::or(
-            connect_inner(target, size, settings, audio, progress),
+            connect_inner(target, size, settings, links, progress),
             async {
                 glommio::timer::sleep(CONNECT_TIMEOUT).await;
                 Err(RdpError::Timeout {
@@ -137,6 +148,13 @@ impl RdpClient {
             if !graphics && self.session.has_graphics() {
                 return std::future::pending().await;
             }
+            // A large message waits for room in the core's budget before more of it is read.
+            if let (Some(need), Some(budget)) =
+                (self.session.large_permit_needed(), self.large.as_ref())
+            {
+                let permit = budget.take(need).await;
+                self.session.give_large_permit(permit);
+            }
             if self.session.is_ended() {
                 return Err(RdpError::Ended {
                     host: self.host.clone(),
@@ -161,6 +179,11 @@ impl RdpClient {
                 }
             }
         }
+    }
+
+    /// The page has everything written so far: finished large messages give their room back.
+    pub fn release_large(&mut self) {
+        self.session.release_large();
     }
 
     /// Sends keyboard and mouse input.
@@ -256,9 +279,10 @@ async fn connect_inner(
     target: &Target,
     size: DesktopSize,
     settings: &Settings,
-    audio: Option<(AudioSink, u64)>,
+    links: Links,
     progress: &dyn Fn(ConnectStep),
 ) -> Result<RdpClient, RdpError> {
+    let Links { audio, large } = links;
     let host = target.host.clone();
     let tcp = tcp_connect(target, settings).await?;
     let client_addr = tcp.local_addr().map_err(|e| RdpError::ConnectionLost {
@@ -271,6 +295,7 @@ async fn connect_inner(
         size,
         client_addr,
         settings.max_dvc_message,
+        large.clone(),
         audio.as_ref().map(|(sink, id)| (sink, *id)),
     );
     let mut framed = Framed::<Io<TcpStream>>::new(tcp);
@@ -372,6 +397,7 @@ async fn connect_inner(
         ConnectionOutcome::Redirected(_) => return Err(RdpError::Redirected { host }),
     };
     Ok(RdpClient {
+        large,
         framed,
         session: Session::new(&host, result, audio.map(|(sink, _)| sink)),
         host,

@@ -253,6 +253,7 @@ fn spawn_executor(
                 mlock: settings.mlock,
                 huge_pages: settings.huge_pages,
             };
+            let large_frames = settings.large_frames();
             let arena = match Arena::new(&arena_cfg) {
                 Ok(a) => a,
                 Err(err) => {
@@ -284,6 +285,7 @@ fn spawn_executor(
                 sessions: TaskCount::default(),
                 pending_http: std::cell::Cell::new(0),
                 capacity,
+                large: crate::rdp::large::LargeBudget::new(large_frames),
             });
             let _ = tx.send(Note::Ready);
             ex.run(core.run(listener, stopping));

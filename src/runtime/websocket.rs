@@ -28,7 +28,7 @@ use crate::sizing::WS_READ_BUFFER;
 use crate::telemetry::{CoreCounters, Direction};
 
 use super::core::Core;
-use super::rdp_client::{ConnectStep, RdpClient};
+use super::rdp_client::{ConnectStep, Links, RdpClient};
 
 /// Room above one fragment in tungstenite's write buffer: a frame header and a pong.
 const MESSAGE_OVERHEAD: usize = 1 << 10;
@@ -116,6 +116,12 @@ pub async fn run(
             .await;
         }
         count(&counters, &mut session, rdp.as_mut());
+        CoreCounters::add(&counters.large_frame_waits, core.large.take_waits());
+        if let Some(client) = rdp.as_mut() {
+            if !session.has_output() && writer.large.is_none() {
+                client.release_large();
+            }
+        }
         let take_rdp = session.wants_rdp();
         let graphics = session.wants_graphics();
         if graphics_open && !graphics {
@@ -376,7 +382,11 @@ async fn run_actions(
                     stepped.notify(1);
                 };
                 let user = t.username.clone();
-                let audio = session.audio_sink().map(|sink| (sink, id));
+                let links = || Links {
+                    audio: session.audio_sink().map(|sink| (sink, id)),
+                    large: Some(core.large.clone()),
+                };
+                let links = links();
                 let connect = futures_lite::future::or(
                     async {
                         Some(
@@ -384,7 +394,7 @@ async fn run_actions(
                                 &t,
                                 size,
                                 &core.settings,
-                                audio.clone(),
+                                links,
                                 &on_step,
                             )
                             .await,
