@@ -53,8 +53,9 @@ impl Drop for TempDir {
     }
 }
 
-/// The real gateway on one core with the replay server as the target `replay`.
-fn gateway_for(server: &DemoServer) -> (Gateway, TempDir) {
+/// The real gateway on one core with the replay server as the target `replay`, started with
+/// `args` besides.
+fn gateway_for(server: &DemoServer, args: &[&str]) -> (Gateway, TempDir) {
     let port = server.addr().port();
     let dir = std::env::temp_dir().join(format!("rdpwire-replay-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -68,7 +69,9 @@ fn gateway_for(server: &DemoServer) -> (Gateway, TempDir) {
     )
     .unwrap();
     std::env::set_var("REPLAY_PW", PASS);
-    let gw = Gateway::start(&["--cores", "1", "--config", file.to_str().unwrap()]);
+    let mut all = vec!["--cores", "1", "--config", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let gw = Gateway::start(&all);
     (gw, TempDir(dir))
 }
 
@@ -177,7 +180,7 @@ fn office_replay_streams_stamped_frames_to_concurrent_sessions_through_the_gatew
     );
     let (fps, reel_len) = (reel.fps, reel.frames.len());
     let server = replay_server(reel);
-    let (gw, _dir) = gateway_for(&server);
+    let (gw, _dir) = gateway_for(&server, &[]);
 
     // Six acknowledging sessions side by side, and one that never acknowledges.
     const SESSIONS: usize = 6;
@@ -274,7 +277,7 @@ fn office_replay_streams_stamped_frames_to_concurrent_sessions_through_the_gatew
         "a session without acknowledgements got {stalled} frames"
     );
     let observed = server.observed();
-    assert!(observed.connections >= SESSIONS + 1, "{observed:?}");
+    assert!(observed.connections > SESSIONS, "{observed:?}");
     assert!(observed.frames_acked > 0 && observed.frames_sent >= observed.frames_acked);
 }
 
@@ -282,8 +285,12 @@ fn office_replay_streams_stamped_frames_to_concurrent_sessions_through_the_gatew
 fn max_frames_pass_the_gateway_whole() {
     let reel = Reel::build(ReelProfile::MaxFrames).unwrap();
     let server = replay_server(reel);
-    let (gw, _dir) = gateway_for(&server);
-    let seen = stream(&gw, Duration::from_secs(30), 4, true);
+    // With the default 32 KiB browser SO_SNDBUF an 8 MiB message crawls over loopback at
+    // about 64 KiB per 37 ms (measured: 4.8 s per frame, 41-65 ms with 4 MiB; likely one
+    // 64 KiB loopback segment fills the send buffer and then waits for a delayed ACK). A
+    // larger buffer keeps this test short; the harness measures with the defaults.
+    let (gw, _dir) = gateway_for(&server, &["--browser-sndbuf", "4MiB"]);
+    let seen = stream(&gw, Duration::from_secs(60), 4, true);
     let mut r = seen.residence_ns.clone();
     r.sort_unstable();
     println!(
