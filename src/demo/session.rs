@@ -787,49 +787,17 @@ impl<'a> Session<'a> {
         self.send_dvc(drdynvc_id, gfx_id, messages)
     }
 
-    /// Sends dynamic channel messages on the DRDYNVC static channel, split as
-    /// `ironrdp_dvc::encode_dvc_messages` splits them (a DataFirst PDU, then Data PDUs, at
-    /// most 1590 bytes each) but written in batches of about [`SEND_BATCH`] bytes, so a large
-    /// access unit is held once more in encoded form, not three more times (DVC chunks, SVC
-    /// chunks, the whole output).
+    /// Sends dynamic channel messages on the DRDYNVC static channel (see [`encode_dvc`]).
     fn send_dvc(
         &mut self,
         drdynvc_id: u16,
         channel_id: u32,
         messages: Vec<DvcMessage>,
     ) -> Result<(), DemoError> {
-        let mut batch: Vec<SvcMessage> = Vec::new();
-        let mut batched = 0;
-        for message in messages {
-            let bytes = encode_vec(message.as_ref()).map_err(encode_err)?;
-            drop(message);
-            let total = u32::try_from(bytes.len())
-                .map_err(|_| DemoError::Protocol("a channel message above 4 GiB".to_owned()))?;
-            let split = bytes.len() >= DrdynvcDataPdu::MAX_DATA_SIZE;
-            for (i, chunk) in bytes.chunks(DrdynvcDataPdu::MAX_DATA_SIZE).enumerate() {
-                let pdu = if split && i == 0 {
-                    DrdynvcDataPdu::DataFirst(DataFirstPdu::new(channel_id, total, chunk.to_vec()))
-                } else {
-                    DrdynvcDataPdu::Data(DataPdu::new(channel_id, chunk.to_vec()))
-                };
-                batch.push(SvcMessage::from(pdu).with_flags(ChannelFlags::SHOW_PROTOCOL));
-                batched += chunk.len();
-                if batched >= SEND_BATCH {
-                    self.send_svc(drdynvc_id, std::mem::take(&mut batch))?;
-                    batched = 0;
-                }
-            }
-        }
-        self.send_svc(drdynvc_id, batch)
-    }
-
-    fn send_svc(&mut self, channel_id: u16, messages: Vec<SvcMessage>) -> Result<(), DemoError> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let out = server_encode_svc_messages(messages, channel_id, self.user_channel_id)
-            .map_err(encode_err)?;
-        self.send(&out)
+        let user_channel_id = self.user_channel_id;
+        encode_dvc(drdynvc_id, user_channel_id, channel_id, messages, |bytes| {
+            self.send(bytes)
+        })
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), DemoError> {
@@ -855,6 +823,51 @@ impl<'a> Session<'a> {
         let _ = self.stream.flush();
         let _ = self.stream.sock.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Encodes dynamic channel messages for the DRDYNVC static channel `drdynvc_id` exactly as
+/// `ironrdp_dvc::encode_dvc_messages` and `server_encode_svc_messages` do together (a
+/// DataFirst PDU, then Data PDUs of at most 1590 bytes, each in its own channel PDU), but
+/// hands them to `write` in batches of about [`SEND_BATCH`] bytes: a large access unit is held
+/// once more in encoded form, not three more times (DVC chunks, SVC chunks, the whole output).
+fn encode_dvc(
+    drdynvc_id: u16,
+    user_channel_id: u16,
+    channel_id: u32,
+    messages: Vec<DvcMessage>,
+    mut write: impl FnMut(&[u8]) -> Result<(), DemoError>,
+) -> Result<(), DemoError> {
+    let mut flush = |batch: Vec<SvcMessage>| -> Result<(), DemoError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let out =
+            server_encode_svc_messages(batch, drdynvc_id, user_channel_id).map_err(encode_err)?;
+        write(&out)
+    };
+    let mut batch: Vec<SvcMessage> = Vec::new();
+    let mut batched = 0;
+    for message in messages {
+        let bytes = encode_vec(message.as_ref()).map_err(encode_err)?;
+        drop(message);
+        let total = u32::try_from(bytes.len())
+            .map_err(|_| DemoError::Protocol("a channel message above 4 GiB".to_owned()))?;
+        let split = bytes.len() >= DrdynvcDataPdu::MAX_DATA_SIZE;
+        for (i, chunk) in bytes.chunks(DrdynvcDataPdu::MAX_DATA_SIZE).enumerate() {
+            let pdu = if split && i == 0 {
+                DrdynvcDataPdu::DataFirst(DataFirstPdu::new(channel_id, total, chunk.to_vec()))
+            } else {
+                DrdynvcDataPdu::Data(DataPdu::new(channel_id, chunk.to_vec()))
+            };
+            batch.push(SvcMessage::from(pdu).with_flags(ChannelFlags::SHOW_PROTOCOL));
+            batched += chunk.len();
+            if batched >= SEND_BATCH {
+                flush(std::mem::take(&mut batch))?;
+                batched = 0;
+            }
+        }
+    }
+    flush(batch)
 }
 
 /// What a tick may do, once the surface is set up.
@@ -1156,6 +1169,127 @@ mod tests {
         let mut gfx = GfxState::new();
         assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
         assert!(gfx.warned_no_avc);
+    }
+
+    /// A reel of `n` fake access units (their first byte after a start code is the index).
+    fn fake_reel(n: u8) -> Arc<Reel> {
+        Arc::new(Reel {
+            width: 1920,
+            height: 1080,
+            fps: 20,
+            key_interval: u32::from(n),
+            frames: (0..n)
+                .map(|i| super::super::reel::ReelFrame {
+                    au: vec![0, 0, 0, 1, 0x41, i, 0xaa],
+                    key: i == 0,
+                })
+                .collect(),
+        })
+    }
+
+    /// The access units of the WireToSurface1 PDUs among `messages`.
+    fn sent_aus(messages: Vec<DvcMessage>) -> Vec<Vec<u8>> {
+        let mut channel = crate::rdp::egfx::GfxChannel::new();
+        let mut aus = Vec::new();
+        for m in messages {
+            channel
+                .decode_message(&encode_vec(m.as_ref()).unwrap())
+                .unwrap();
+            while let Some(ev) = channel.pop_event() {
+                if let crate::rdp::GfxEvent::Avc420(a) = ev {
+                    aus.push(a.access_unit().to_vec());
+                }
+            }
+        }
+        aus
+    }
+
+    #[test]
+    fn replay_sends_the_reel_in_order_stamped_within_the_ack_window() {
+        let reel = fake_reel(5);
+        // Connection 3 starts at frame 2 × 7 mod 5 = 4.
+        let mut replay = Replay::new(&reel, 3);
+        assert_eq!(replay.next, 4);
+        assert_eq!(Replay::new(&reel, 1).next, 0);
+        let mut server = ready_server(avc420());
+        let mut gfx = GfxState::new();
+        let t = Duration::from_millis(50);
+        let before = stamp::now_ns();
+        let mut order = Vec::new();
+        for _ in 0..MAX_FRAMES_IN_FLIGHT {
+            assert!(produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+            for au in sent_aus(server.drain_output()) {
+                let sent = stamp::read(&au).unwrap();
+                assert!(sent >= before && sent <= stamp::now_ns());
+                assert_eq!(au.len(), 7 + stamp::SEI_LEN);
+                order.push(au[au.len() - 2]);
+            }
+        }
+        // Paused by flow control: nothing is sent and the reel does not move on.
+        for _ in 0..5 {
+            assert!(!produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+            assert!(server.drain_output().is_empty());
+        }
+        assert_eq!(replay.next, 2);
+        ack(&mut server, 0);
+        assert!(produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+        for au in sent_aus(server.drain_output()) {
+            order.push(au[au.len() - 2]);
+        }
+        assert_eq!(order, [4, 0, 1, 2], "in reel order, no frame left out");
+        // The surface has the reel's size.
+        let surface = server.get_surface(gfx.surface.unwrap()).unwrap();
+        assert_eq!((surface.width, surface.height), (1920, 1080));
+        assert_eq!(server.output_dimensions(), (1920, 1080));
+    }
+
+    /// A DVC message of `len` bytes (what `drain_output` hands out is opaque, so any
+    /// `DvcEncode` will do).
+    fn raw_messages(lens: &[usize]) -> Vec<DvcMessage> {
+        #[derive(Debug)]
+        struct Raw(Vec<u8>);
+        impl ironrdp_core::Encode for Raw {
+            fn encode(
+                &self,
+                dst: &mut ironrdp_core::WriteCursor<'_>,
+            ) -> ironrdp_core::EncodeResult<()> {
+                dst.write_slice(&self.0);
+                Ok(())
+            }
+            fn name(&self) -> &'static str {
+                "Raw"
+            }
+            fn size(&self) -> usize {
+                self.0.len()
+            }
+        }
+        impl ironrdp_dvc::DvcEncode for Raw {}
+        lens.iter()
+            .map(|&n| Box::new(Raw((0..n).map(|i| (i * 7 % 251) as u8).collect())) as DvcMessage)
+            .collect()
+    }
+
+    #[test]
+    fn batched_dvc_encoding_is_byte_for_byte_what_ironrdp_writes() {
+        let lens = [0, 1, 100, 1589, 1590, 1591, 3180, 200_000, 5];
+        let want = server_encode_svc_messages(
+            ironrdp_dvc::encode_dvc_messages(9, raw_messages(&lens), ChannelFlags::SHOW_PROTOCOL)
+                .unwrap(),
+            1004,
+            1007,
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut writes = 0;
+        encode_dvc(1004, 1007, 9, raw_messages(&lens), |b| {
+            got.extend_from_slice(b);
+            writes += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        // 200 KB in batches of about 64 KiB, never one write.
+        assert!((4..=6).contains(&writes), "{writes} writes");
     }
 
     #[test]
