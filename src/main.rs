@@ -109,6 +109,8 @@ fn demo(mut settings: Settings, audio: rdpwire::demo::DemoAudio) -> anyhow::Resu
         username: "demo".to_owned(),
         password: password.clone(),
         audio,
+        content: rdpwire::demo::Content::Desktop,
+        max_connections: rdpwire::demo::MAX_CONNECTIONS,
     })
     .context("starting the demo desktop")?;
     let addr = server.addr();

@@ -41,6 +41,8 @@ fn start_with(audio: DemoAudio) -> DemoServer {
         username: USER.to_owned(),
         password: PASS.to_owned(),
         audio,
+        content: rdpwire::demo::Content::Desktop,
+        max_connections: rdpwire::demo::MAX_CONNECTIONS,
     })
     .unwrap()
 }

@@ -9,7 +9,7 @@ use openh264::encoder::{
     RateControlMode, UsageType, VuiConfig,
 };
 use openh264::formats::YUVSlices;
-use openh264::OpenH264API;
+use openh264::{OpenH264API, Timestamp};
 use yuv::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
 
 use super::DemoError;
@@ -17,7 +17,46 @@ use super::DemoError;
 /// Frames per second the demo aims for.
 pub const FPS: u32 = 25;
 
-/// One encoder per session; input is RGBA with even dimensions.
+/// How an encoder is tuned: the live desktop's screen content, or a reel's fixed rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub usage: UsageType,
+    /// Target bitrate of OpenH264's rate control.
+    pub bitrate_bps: u32,
+    pub fps: u32,
+    /// Frames from one IDR frame to the next.
+    pub intra_period: u32,
+    /// Let the rate control drop frames to hold the bitrate (a dropped frame is an empty
+    /// access unit). A reel wants every frame, so it says no.
+    pub skip_frames: bool,
+    /// Quantization parameter range (lower is finer).
+    pub qp: (u8, u8),
+    /// Let OpenH264 insert an IDR frame where the picture changes completely. A reel keeps
+    /// its key frames where its profile says.
+    pub scene_change_detect: bool,
+}
+
+impl Tuning {
+    /// The live demo desktop: screen content at roughly 4 bits per pixel per second, within
+    /// [1, 16] Mbit/s, [`FPS`] frames per second, an IDR frame every 10 s.
+    pub fn desktop(width: u16, height: u16) -> Self {
+        let pixels = usize::from(width) * usize::from(height);
+        Tuning {
+            usage: UsageType::ScreenContentRealTime,
+            bitrate_bps: u32::try_from(pixels * 4)
+                .unwrap_or(u32::MAX)
+                .clamp(1_000_000, 16_000_000),
+            fps: FPS,
+            intra_period: FPS * 10,
+            // OpenH264 only holds a bitrate by skipping frames; a skipped frame is not sent.
+            skip_frames: true,
+            qp: (10, 36),
+            scene_change_detect: true,
+        }
+    }
+}
+
+/// One encoder per session (or per reel); input is RGBA with even dimensions.
 pub struct H264 {
     encoder: Encoder,
     y: Vec<u8>,
@@ -28,30 +67,31 @@ pub struct H264 {
 }
 
 impl H264 {
-    /// An encoder for frames of `width`×`height` (both even, at most 3840×2160).
+    /// An encoder for desktop frames of `width`×`height` (both even, at most 3840×2160).
     pub fn new(width: u16, height: u16) -> Result<Self, DemoError> {
+        Self::tuned(width, height, Tuning::desktop(width, height))
+    }
+
+    /// An encoder for frames of `width`×`height` (both even, at most 3840×2160).
+    pub fn tuned(width: u16, height: u16, tuning: Tuning) -> Result<Self, DemoError> {
         let (w, h) = (usize::from(width), usize::from(height));
         if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 || w.max(h) > 3840 || w.min(h) > 2160 {
             return Err(DemoError::Encoder(format!(
                 "unsupported frame size {width}x{height}"
             )));
         }
-        // Screen content at roughly 4 bits per pixel per second, within [1, 16] Mbit/s.
-        let bps = u32::try_from(w * h * 4)
-            .unwrap_or(u32::MAX)
-            .clamp(1_000_000, 16_000_000);
         let config = EncoderConfig::new()
-            .usage_type(UsageType::ScreenContentRealTime)
+            .usage_type(tuning.usage)
             .rate_control_mode(RateControlMode::Bitrate)
-            .bitrate(BitRate::from_bps(bps))
-            .max_frame_rate(FrameRate::from_hz(25.0))
-            // OpenH264 only holds a bitrate by skipping frames; a skipped frame is not sent.
-            .skip_frames(true)
+            .bitrate(BitRate::from_bps(tuning.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(tuning.fps as f32))
+            .skip_frames(tuning.skip_frames)
             .adaptive_quantization(false)
             .background_detection(false)
-            .qp(QpRange::new(10, 36))
+            .qp(QpRange::new(tuning.qp.0, tuning.qp.1))
+            .scene_change_detect(tuning.scene_change_detect)
             .complexity(Complexity::Low)
-            .intra_frame_period(IntraFramePeriod::from_num_frames(FPS * 10))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(tuning.intra_period))
             .num_threads(1)
             .vui(VuiConfig::bt709().full_range(true));
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
@@ -68,6 +108,12 @@ impl H264 {
 
     /// Encodes one RGBA frame (`width*height*4` bytes) to an Annex B access unit.
     pub fn encode(&mut self, rgba: &[u8]) -> Result<Vec<u8>, DemoError> {
+        self.encode_at(rgba, 0)
+    }
+
+    /// [`H264::encode`] with the frame's time in ms, which OpenH264's rate control uses to
+    /// hold a bitrate over frames that are not encoded in real time.
+    pub fn encode_at(&mut self, rgba: &[u8], timestamp_ms: u64) -> Result<Vec<u8>, DemoError> {
         if rgba.len() != self.width * self.height * 4 {
             return Err(DemoError::Encoder(format!(
                 "frame has {} bytes, expected {}",
@@ -101,7 +147,7 @@ impl H264 {
         let source = YUVSlices::new((&self.y, &self.u, &self.v), (w, h), (w, w / 2, w / 2));
         let bitstream = self
             .encoder
-            .encode(&source)
+            .encode_at(&source, Timestamp::from_millis(timestamp_ms))
             .map_err(|e| DemoError::Encoder(format!("openh264 encode failed: {e}")))?;
         Ok(bitstream.to_vec())
     }

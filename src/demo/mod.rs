@@ -24,10 +24,17 @@
 //! [`sound::MAX_WAVES_IN_FLIGHT`] unconfirmed (a client that stops confirming stops the
 //! sound, and what falls due meanwhile is dropped, not queued).
 //!
+//! With [`Content::Replay`] the server is a load generator instead: every connection loops
+//! over one shared pre-encoded [`reel::Reel`] at the reel's frame rate through the same EGFX
+//! path and flow control, each access unit stamped with its send time ([`stamp`]); no painting,
+//! encoding or sound per connection, so one process can serve hundreds of sessions
+//! ([`DemoOptions::max_connections`]).
+//!
 //! - [`painter`]: the desktop itself, pure (input events in, RGBA out);
 //! - [`input`]: RDP input events to desktop events (scancodes with a US layout, unicode);
 //! - [`sound`]: what plays when, synthesis, pacing and encoding, pure (a clock in, waves out);
 //! - `rdpsnd`: the sound channel (IronRDP's RDPSND server around a [`sound::AudioStream`]);
+//! - [`reel`]: pre-encoded H.264 for replay; [`stamp`]: send stamps in access units;
 //! - `encoder`: OpenH264; `tls`: certificate and rustls; `io`: blocking I/O for IronRDP's
 //!   async acceptor; `session`: one connection.
 
@@ -36,8 +43,10 @@ pub mod input;
 mod io;
 pub mod painter;
 mod rdpsnd;
+pub mod reel;
 mod session;
 pub mod sound;
+pub mod stamp;
 mod tls;
 
 use std::collections::HashMap;
@@ -75,8 +84,27 @@ pub struct DemoOptions {
     /// The one account the server accepts.
     pub username: String,
     pub password: String,
-    /// The sound format to send in (`off`: no sound channel).
+    /// The sound format to send in (`off`: no sound channel; always off with
+    /// [`Content::Replay`]).
     pub audio: DemoAudio,
+    /// What the sessions show.
+    pub content: Content,
+    /// Connections served at once; more are refused (closed at once). [`MAX_CONNECTIONS`] for
+    /// `rdpwire demo`; a load test raises it (each connection is a thread).
+    pub max_connections: usize,
+}
+
+/// What the demo server's sessions show.
+#[derive(Debug, Clone, Default)]
+pub enum Content {
+    /// The live demo desktop: painted and encoded per session and frame, reacting to input,
+    /// with sound.
+    #[default]
+    Desktop,
+    /// A load-test server: every connection loops over one pre-encoded reel at the reel's fps,
+    /// each access unit stamped with its send time ([`stamp`]); no painting, no encoding, no
+    /// sound, input ignored. Connections start at different frames of the reel.
+    Replay(Arc<reel::Reel>),
 }
 
 impl std::fmt::Debug for DemoOptions {
@@ -86,6 +114,8 @@ impl std::fmt::Debug for DemoOptions {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("audio", &self.audio)
+            .field("content", &self.content)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -118,6 +148,8 @@ pub enum DemoError {
     Audio(String),
     #[error("unknown audio format {0:?}: use pcm44, pcm48, opus or off")]
     AudioFormatName(String),
+    #[error("replay reel: {0}")]
+    Reel(String),
     #[error("rdp protocol error: {0}")]
     Protocol(String),
     #[error("socket error: {0}")]
@@ -166,6 +198,8 @@ struct Shared {
     identity: tls::TlsIdentity,
     credentials: Credentials,
     audio: DemoAudio,
+    content: Content,
+    max_connections: usize,
     stop: AtomicBool,
     observed: Mutex<Observed>,
     frames_sent: AtomicU64,
@@ -215,6 +249,14 @@ impl DemoServer {
         if opts.username.is_empty() {
             return Err(DemoError::EmptyUsername);
         }
+        if let Content::Replay(reel) = &opts.content {
+            reel.check()?;
+        }
+        // A replay server is a graphics load: its sessions have no sound channel.
+        let audio = match opts.content {
+            Content::Desktop => opts.audio,
+            Content::Replay(_) => DemoAudio::Off,
+        };
         let identity = tls::self_signed(&[])?;
         let listener = TcpListener::bind(opts.bind).map_err(|source| DemoError::Bind {
             addr: opts.bind,
@@ -229,7 +271,9 @@ impl DemoServer {
                 password: opts.password,
                 domain: None,
             },
-            audio: opts.audio,
+            audio,
+            content: opts.content,
+            max_connections: opts.max_connections.max(1),
             stop: AtomicBool::new(false),
             observed: Mutex::new(Observed::default()),
             frames_sent: AtomicU64::new(0),
@@ -244,7 +288,19 @@ impl DemoServer {
             .name("rdpwire-demo-accept".to_owned())
             .spawn(move || accept_loop(&listener, &accept_shared))
             .map_err(DemoError::Thread)?;
-        info!(%addr, audio = %opts.audio, "demo rdp server listening");
+        match &shared.content {
+            Content::Desktop => info!(%addr, %audio, "demo rdp server listening"),
+            Content::Replay(reel) => info!(
+                %addr,
+                width = reel.width,
+                height = reel.height,
+                fps = reel.fps,
+                frames = reel.frames.len(),
+                kbit_per_s = reel.bitrate_bps() / 1000,
+                max_connections = shared.max_connections,
+                "replay rdp server listening"
+            ),
+        }
         Ok(DemoServer {
             addr,
             shared,
@@ -302,8 +358,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         sessions.retain(|h| !h.is_finished());
         match listener.accept() {
             Ok((tcp, peer)) => {
-                if sessions.len() >= MAX_CONNECTIONS {
-                    warn!(%peer, max = MAX_CONNECTIONS, "demo server busy; connection refused");
+                if sessions.len() >= shared.max_connections {
+                    warn!(%peer, max = shared.max_connections, "demo server busy; connection refused");
                     continue;
                 }
                 next_id += 1;
@@ -342,7 +398,7 @@ fn spawn_session(
             let shared = session_shared;
             debug!(%peer, session = id, "demo connection accepted");
             shared.lock_observed().active += 1;
-            let result = session::serve(tcp, peer, &shared);
+            let result = session::serve(tcp, peer, id, &shared);
             shared.lock_observed().active -= 1;
             shared.lock_sockets().remove(&id);
             match result {

@@ -5,6 +5,10 @@
 //! sending the sound waves that are due. Sound is paced on its own 20 ms clock, checked on
 //! every turn of the loop, so a slow frame delays it by at most that frame (less than the
 //! sound's lead) and sound never waits for frame acknowledgements.
+//!
+//! With [`Content::Replay`] a session paints and encodes nothing: each tick sends the reel's
+//! next access unit, stamped ([`super::stamp`]), through the same EGFX server and the same
+//! flow control, at the reel's frame rate; it has no sound channel and ignores input.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +20,8 @@ use ironrdp_acceptor::{Acceptor, AcceptorResult, BeginResult, DesktopSize};
 use ironrdp_async::Framed;
 use ironrdp_connector::{ConnectorError, ConnectorErrorKind, ServerName};
 use ironrdp_core::{decode, encode_vec, WriteBuf};
-use ironrdp_dvc::{encode_dvc_messages, DrdynvcServer};
+use ironrdp_dvc::pdu::{DataFirstPdu, DataPdu, DrdynvcDataPdu};
+use ironrdp_dvc::{DrdynvcServer, DvcMessage};
 use ironrdp_egfx::pdu::{Avc420Region, CapabilitiesAdvertisePdu, CapabilitySet};
 use ironrdp_egfx::server::{GraphicsPipelineHandler, GraphicsPipelineServer};
 use ironrdp_pdu::input::fast_path::FastPathInput;
@@ -26,7 +31,7 @@ use ironrdp_pdu::rdp::capability_sets::{self as caps, CapabilitySet as RdpCapabi
 use ironrdp_pdu::rdp::headers::{ShareControlHeader, ShareControlPdu, ShareDataPdu};
 use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
-use ironrdp_svc::{server_encode_svc_messages, ChannelFlags, StaticChannelSet};
+use ironrdp_svc::{server_encode_svc_messages, ChannelFlags, StaticChannelSet, SvcMessage};
 use rustls::{ServerConnection, StreamOwned};
 use tracing::{debug, info, warn};
 
@@ -35,8 +40,9 @@ use super::input::InputMapper;
 use super::io::{block_on, Blocking, NoNetwork};
 use super::painter::{Desktop, DesktopEvent, FrameClock};
 use super::rdpsnd::SoundChannel;
+use super::reel::Reel;
 use super::sound::{DemoAudio, Sound};
-use super::{DemoError, Shared};
+use super::{stamp, Content, DemoError, Shared};
 
 /// Largest desktop the demo paints (OpenH264's limit); larger requests are clamped.
 pub const MAX_DESKTOP: DesktopSize = DesktopSize {
@@ -58,6 +64,11 @@ const GFX_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_FRAMES_IN_FLIGHT: u32 = 3;
 /// H.264 quantization parameter announced for the region (informational for clients).
 const REGION_QP: u8 = 22;
+/// Channel PDUs are written to the socket in batches of about this many bytes.
+const SEND_BATCH: usize = 64 << 10;
+/// Replay connections start this many reel frames apart (7 is prime to the reels' lengths),
+/// so the key frames of many sessions do not all fall on the same tick.
+const REPLAY_START_STRIDE: usize = 7;
 
 type TlsStream = StreamOwned<ServerConnection, TcpStream>;
 
@@ -69,23 +80,33 @@ pub enum End {
     ServerStopping,
 }
 
-/// Serves one accepted TCP connection to its end.
-pub fn serve(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Result<End, DemoError> {
+/// Serves one accepted TCP connection (the server's `number`th, from 1) to its end.
+pub fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    number: u64,
+    shared: &Arc<Shared>,
+) -> Result<End, DemoError> {
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let accepted = handshake(tcp, peer, shared)?;
-    let mut session = Session::new(accepted, shared)?;
-    info!(
-        %peer,
-        width = session.desktop.size().0,
-        height = session.desktop.size().1,
-        "demo rdp session started"
-    );
+    let mut session = Session::new(accepted, number, shared)?;
+    let (width, height) = session.picture.size();
+    match &session.picture {
+        Picture::Desktop(_) => info!(%peer, width, height, "demo rdp session started"),
+        Picture::Replay(replay) => debug!(
+            %peer,
+            width,
+            height,
+            start_frame = replay.next,
+            "replay rdp session started"
+        ),
+    }
     {
         let mut observed = shared.lock_observed();
         observed.connections += 1;
-        observed.desktop_size = Some(session.desktop.size());
+        observed.desktop_size = Some((width, height));
     }
     let end = match session.run() {
         Err(DemoError::Io(e)) if is_disconnect(&e) => Ok(End::ClientClosed),
@@ -107,13 +128,25 @@ fn handshake(
     shared: &Arc<Shared>,
 ) -> Result<Accepted, DemoError> {
     let security = SecurityProtocol::SSL | SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX;
+    // The desktop is painted at the size the client asks for; a reel has the size it was
+    // encoded at, and the client is told so.
+    let (desktop, honor_client) = match &shared.content {
+        Content::Desktop => (DEFAULT_DESKTOP, Some(MAX_DESKTOP)),
+        Content::Replay(reel) => (
+            DesktopSize {
+                width: reel.width,
+                height: reel.height,
+            },
+            None,
+        ),
+    };
     let mut acceptor = Acceptor::new(
         security,
-        DEFAULT_DESKTOP,
-        server_capabilities(DEFAULT_DESKTOP),
+        desktop,
+        server_capabilities(desktop),
         Some(shared.credentials.clone()),
     );
-    acceptor.set_honor_client_desktop_size(Some(MAX_DESKTOP));
+    acceptor.set_honor_client_desktop_size(honor_client);
     let gfx = GraphicsPipelineServer::new(Box::new(GfxEvents {
         shared: Arc::clone(shared),
     }));
@@ -318,11 +351,56 @@ struct Session<'a> {
     drdynvc_id: Option<u16>,
     /// The sound channel, when the client joined it.
     sound_id: Option<u16>,
-    desktop: Desktop,
+    picture: Picture,
     input: InputMapper,
     gfx: GfxState,
     started: Instant,
     shared: &'a Arc<Shared>,
+}
+
+/// What a session shows.
+enum Picture {
+    /// The live desktop, painted and encoded every frame.
+    Desktop(Desktop),
+    /// A shared pre-encoded reel.
+    Replay(Replay),
+}
+
+impl Picture {
+    fn size(&self) -> (u16, u16) {
+        match self {
+            Picture::Desktop(desktop) => desktop.size(),
+            Picture::Replay(replay) => (replay.reel.width, replay.reel.height),
+        }
+    }
+
+    /// Time between frames.
+    fn period(&self) -> Duration {
+        let fps = match self {
+            Picture::Desktop(_) => FPS,
+            Picture::Replay(replay) => replay.reel.fps,
+        };
+        Duration::from_secs(1) / fps.max(1)
+    }
+}
+
+/// A session's place in a reel: all the per-session state replay needs.
+struct Replay {
+    reel: Arc<Reel>,
+    /// The frame to send next. It moves on only when a frame was sent: the P-frames of a
+    /// reel refer to the frames before them, so none may be left out.
+    next: usize,
+}
+
+impl Replay {
+    fn new(reel: &Arc<Reel>, number: u64) -> Replay {
+        let len = reel.frames.len().max(1);
+        let number = usize::try_from(number.saturating_sub(1) % len as u64).unwrap_or(0);
+        Replay {
+            reel: Arc::clone(reel),
+            next: number * REPLAY_START_STRIDE % len,
+        }
+    }
 }
 
 /// Graphics pipeline state of one session.
@@ -397,7 +475,7 @@ impl StreamStats {
 }
 
 impl<'a> Session<'a> {
-    fn new(accepted: Accepted, shared: &'a Arc<Shared>) -> Result<Self, DemoError> {
+    fn new(accepted: Accepted, number: u64, shared: &'a Arc<Shared>) -> Result<Self, DemoError> {
         let Accepted {
             stream,
             leftover,
@@ -432,7 +510,10 @@ impl<'a> Session<'a> {
             channels: result.static_channels,
             drdynvc_id,
             sound_id,
-            desktop: Desktop::new(size.0, size.1),
+            picture: match &shared.content {
+                Content::Desktop => Picture::Desktop(Desktop::new(size.0, size.1)),
+                Content::Replay(reel) => Picture::Replay(Replay::new(reel, number)),
+            },
             input: InputMapper::default(),
             gfx: GfxState::new(),
             started: Instant::now(),
@@ -464,7 +545,7 @@ impl<'a> Session<'a> {
     }
 
     fn run(&mut self) -> Result<End, DemoError> {
-        let period = Duration::from_millis(u64::from(1000 / FPS));
+        let period = self.picture.period();
         let mut next_frame = Instant::now();
         // PDUs read together with the end of the connection sequence.
         if let Some(end) = self.handle_buffered()? {
@@ -589,6 +670,8 @@ impl<'a> Session<'a> {
                     }
                     ShareDataPdu::RefreshRectangle(_) => {
                         self.gfx.suppressed = false;
+                        // A reel cannot make a key frame on demand; its next one comes within
+                        // its key interval.
                         if let Some(encoder) = self.gfx.encoder.as_mut() {
                             encoder.force_key_frame();
                         }
@@ -623,7 +706,10 @@ impl<'a> Session<'a> {
     }
 
     fn apply(&mut self, event: DesktopEvent) {
-        self.desktop.apply(event);
+        let Picture::Desktop(desktop) = &mut self.picture else {
+            return;
+        };
+        desktop.apply(event);
         self.shared.record(event);
         if let Some(sound) = Sound::for_event(event) {
             let now_ms = self.now_ms();
@@ -690,19 +776,28 @@ impl<'a> Session<'a> {
         let gfx_id = dvc.channel_id();
         let server = dvc.processor_mut();
         let elapsed = self.started.elapsed();
-        let sent = produce_frame(server, &mut self.gfx, &mut self.desktop, elapsed)?;
+        let sent = match &mut self.picture {
+            Picture::Desktop(desktop) => produce_frame(server, &mut self.gfx, desktop, elapsed)?,
+            Picture::Replay(replay) => produce_replay_frame(server, &mut self.gfx, replay, elapsed),
+        };
         let messages = server.drain_output();
         if sent {
             self.shared.frames_sent.fetch_add(1, Ordering::Relaxed);
         }
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let svc = encode_dvc_messages(gfx_id, messages, ChannelFlags::SHOW_PROTOCOL)
-            .map_err(encode_err)?;
-        let out = server_encode_svc_messages(svc, drdynvc_id, self.user_channel_id)
-            .map_err(encode_err)?;
-        self.send(&out)
+        self.send_dvc(drdynvc_id, gfx_id, messages)
+    }
+
+    /// Sends dynamic channel messages on the DRDYNVC static channel (see [`encode_dvc`]).
+    fn send_dvc(
+        &mut self,
+        drdynvc_id: u16,
+        channel_id: u32,
+        messages: Vec<DvcMessage>,
+    ) -> Result<(), DemoError> {
+        let user_channel_id = self.user_channel_id;
+        encode_dvc(drdynvc_id, user_channel_id, channel_id, messages, |bytes| {
+            self.send(bytes)
+        })
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), DemoError> {
@@ -730,45 +825,95 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Sets up the surface when needed and queues one AVC420 frame unless paused.
-/// Returns whether a frame was queued.
-fn produce_frame(
+/// Encodes dynamic channel messages for the DRDYNVC static channel `drdynvc_id` exactly as
+/// `ironrdp_dvc::encode_dvc_messages` and `server_encode_svc_messages` do together (a
+/// DataFirst PDU, then Data PDUs of at most 1590 bytes, each in its own channel PDU), but
+/// hands them to `write` in batches of about [`SEND_BATCH`] bytes: a large access unit is held
+/// once more in encoded form, not three more times (DVC chunks, SVC chunks, the whole output).
+fn encode_dvc(
+    drdynvc_id: u16,
+    user_channel_id: u16,
+    channel_id: u32,
+    messages: Vec<DvcMessage>,
+    mut write: impl FnMut(&[u8]) -> Result<(), DemoError>,
+) -> Result<(), DemoError> {
+    let mut flush = |batch: Vec<SvcMessage>| -> Result<(), DemoError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let out =
+            server_encode_svc_messages(batch, drdynvc_id, user_channel_id).map_err(encode_err)?;
+        write(&out)
+    };
+    let mut batch: Vec<SvcMessage> = Vec::new();
+    let mut batched = 0;
+    for message in messages {
+        let bytes = encode_vec(message.as_ref()).map_err(encode_err)?;
+        drop(message);
+        let total = u32::try_from(bytes.len())
+            .map_err(|_| DemoError::Protocol("a channel message above 4 GiB".to_owned()))?;
+        let split = bytes.len() >= DrdynvcDataPdu::MAX_DATA_SIZE;
+        for (i, chunk) in bytes.chunks(DrdynvcDataPdu::MAX_DATA_SIZE).enumerate() {
+            let pdu = if split && i == 0 {
+                DrdynvcDataPdu::DataFirst(DataFirstPdu::new(channel_id, total, chunk.to_vec()))
+            } else {
+                DrdynvcDataPdu::Data(DataPdu::new(channel_id, chunk.to_vec()))
+            };
+            batch.push(SvcMessage::from(pdu).with_flags(ChannelFlags::SHOW_PROTOCOL));
+            batched += chunk.len();
+            if batched >= SEND_BATCH {
+                flush(std::mem::take(&mut batch))?;
+                batched = 0;
+            }
+        }
+    }
+    flush(batch)
+}
+
+/// What a tick may do, once the surface is set up.
+struct Gate {
+    /// The surface was created on this tick (the first one, or after a capabilities
+    /// re-advertise, which drops surfaces): the next frame must be a key frame.
+    created: bool,
+    /// The surface to send a frame to, when one may be sent now.
+    surface: Option<u16>,
+}
+
+/// Sets up the surface of `size` (`buffer` when the encoder pads it) when needed and says
+/// whether a frame may go out: the client takes AVC420, output is not suppressed and fewer
+/// than [`MAX_FRAMES_IN_FLIGHT`] frames wait for an acknowledgement.
+fn gate(
     server: &mut GraphicsPipelineServer,
     gfx: &mut GfxState,
-    desktop: &mut Desktop,
-    elapsed: Duration,
-) -> Result<bool, DemoError> {
+    size: (u16, u16),
+    buffer: (u16, u16),
+) -> Gate {
+    let mut gate = Gate {
+        created: false,
+        surface: None,
+    };
     if !server.is_ready() {
-        return Ok(false);
+        return gate;
     }
     let surface_alive = gfx
         .surface
         .is_some_and(|id| server.get_surface(id).is_some());
     if !surface_alive {
-        // First frame, or the client re-advertised its capabilities (which drops surfaces).
-        let (w, h) = desktop.size();
-        let (bw, bh) = desktop.buffer_size();
-        server.set_output_dimensions(w, h);
-        let Some(id) = server.create_surface(bw, bh) else {
-            return Ok(false);
+        let Some(id) = create_surface(server, size, buffer) else {
+            return gate;
         };
-        server.map_surface_to_output(id, 0, 0);
         gfx.surface = Some(id);
-        match gfx.encoder.as_mut() {
-            Some(encoder) => encoder.force_key_frame(),
-            None => gfx.encoder = Some(H264::new(bw, bh)?),
-        }
-        debug!(surface = id, width = w, height = h, "egfx surface created");
+        gate.created = true;
     }
     if !server.supports_avc420() {
         if !gfx.warned_no_avc {
             gfx.warned_no_avc = true;
             warn!(negotiated = ?server.negotiated_capabilities(), "the client does not accept avc420 (h.264); no frames");
         }
-        return Ok(false);
+        return gate;
     }
     if gfx.suppressed {
-        return Ok(false);
+        return gate;
     }
     let backpressured = server.should_backpressure();
     if backpressured != gfx.backpressured {
@@ -779,14 +924,64 @@ fn produce_frame(
             "egfx flow control"
         );
     }
-    let (Some(surface), Some(encoder)) = (gfx.surface, gfx.encoder.as_mut()) else {
-        return Ok(false);
-    };
     gfx.stats.maybe_log(server.frames_in_flight());
     if backpressured {
         gfx.stats.paused_ticks += 1;
-        return Ok(false);
+        return gate;
     }
+    gate.surface = gfx.surface;
+    gate
+}
+
+fn create_surface(
+    server: &mut GraphicsPipelineServer,
+    (w, h): (u16, u16),
+    (bw, bh): (u16, u16),
+) -> Option<u16> {
+    server.set_output_dimensions(w, h);
+    let id = server.create_surface(bw, bh)?;
+    server.map_surface_to_output(id, 0, 0);
+    debug!(surface = id, width = w, height = h, "egfx surface created");
+    Some(id)
+}
+
+/// The whole surface as the one changed region.
+fn full_region((w, h): (u16, u16)) -> Avc420Region {
+    Avc420Region {
+        left: 0,
+        top: 0,
+        right: w,
+        bottom: h,
+        quantization_parameter: REGION_QP,
+        quality: 100,
+    }
+}
+
+fn timestamp_ms(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_millis() % u128::from(u32::MAX)).unwrap_or(0)
+}
+
+/// Sets up the surface when needed and queues one AVC420 frame unless paused.
+/// Returns whether a frame was queued.
+fn produce_frame(
+    server: &mut GraphicsPipelineServer,
+    gfx: &mut GfxState,
+    desktop: &mut Desktop,
+    elapsed: Duration,
+) -> Result<bool, DemoError> {
+    let gate = gate(server, gfx, desktop.size(), desktop.buffer_size());
+    if gate.created {
+        match gfx.encoder.as_mut() {
+            Some(encoder) => encoder.force_key_frame(),
+            None => {
+                let (bw, bh) = desktop.buffer_size();
+                gfx.encoder = Some(H264::new(bw, bh)?);
+            }
+        }
+    }
+    let (Some(surface), Some(encoder)) = (gate.surface, gfx.encoder.as_mut()) else {
+        return Ok(false);
+    };
     let work = Instant::now();
     let clock = FrameClock {
         millis_of_day: millis_of_day(),
@@ -799,17 +994,8 @@ fn produce_frame(
     if h264.is_empty() {
         return Ok(false);
     }
-    let (w, h) = desktop.size();
-    let region = Avc420Region {
-        left: 0,
-        top: 0,
-        right: w,
-        bottom: h,
-        quantization_parameter: REGION_QP,
-        quality: 100,
-    };
-    let timestamp = u32::try_from(clock.elapsed_ms % u64::from(u32::MAX)).unwrap_or(0);
-    match server.try_send_avc420_frame(surface, &h264, &[region], timestamp) {
+    let region = full_region(desktop.size());
+    match server.try_send_avc420_frame(surface, &h264, &[region], timestamp_ms(elapsed)) {
         Ok(frame_id) => {
             gfx.frame += 1;
             gfx.stats.frames += 1;
@@ -824,6 +1010,49 @@ fn produce_frame(
             encoder.force_key_frame();
             debug!(error = %e, "egfx frame not queued");
             Ok(false)
+        }
+    }
+}
+
+/// Sets up the surface when needed and queues the reel's next access unit, stamped with the
+/// time it leaves for the socket, unless paused. Returns whether a frame was queued.
+fn produce_replay_frame(
+    server: &mut GraphicsPipelineServer,
+    gfx: &mut GfxState,
+    replay: &mut Replay,
+    elapsed: Duration,
+) -> bool {
+    let size = (replay.reel.width, replay.reel.height);
+    let Some(surface) = gate(server, gfx, size, size).surface else {
+        return false;
+    };
+    let Some(frame) = replay.reel.frames.get(replay.next) else {
+        replay.next = 0;
+        return false;
+    };
+    let work = Instant::now();
+    // Stamped last thing before the frame is queued: from here it is only encoded into
+    // channel PDUs and written (microseconds for an office frame, a few copies of 8 MiB for
+    // the largest).
+    let au = stamp::stamped(&frame.au, stamp::now_ns());
+    let sent =
+        server.try_send_avc420_frame(surface, &au, &[full_region(size)], timestamp_ms(elapsed));
+    gfx.stats.work += work.elapsed();
+    match sent {
+        Ok(frame_id) => {
+            replay.next = (replay.next + 1) % replay.reel.frames.len().max(1);
+            gfx.frame += 1;
+            gfx.stats.frames += 1;
+            gfx.stats.bytes += au.len();
+            if gfx.frame == 1 {
+                debug!(frame_id, bytes = au.len(), "first replay frame queued");
+            }
+            true
+        }
+        Err(e) => {
+            // Not sent, so the same frame goes next time: the reel's chain stays whole.
+            debug!(error = %e, "egfx frame not queued");
+            false
         }
     }
 }
@@ -940,6 +1169,127 @@ mod tests {
         let mut gfx = GfxState::new();
         assert!(!produce_frame(&mut server, &mut gfx, &mut desktop, Duration::ZERO).unwrap());
         assert!(gfx.warned_no_avc);
+    }
+
+    /// A reel of `n` fake access units (their first byte after a start code is the index).
+    fn fake_reel(n: u8) -> Arc<Reel> {
+        Arc::new(Reel {
+            width: 1920,
+            height: 1080,
+            fps: 20,
+            key_interval: u32::from(n),
+            frames: (0..n)
+                .map(|i| super::super::reel::ReelFrame {
+                    au: vec![0, 0, 0, 1, 0x41, i, 0xaa],
+                    key: i == 0,
+                })
+                .collect(),
+        })
+    }
+
+    /// The access units of the WireToSurface1 PDUs among `messages`.
+    fn sent_aus(messages: Vec<DvcMessage>) -> Vec<Vec<u8>> {
+        let mut channel = crate::rdp::egfx::GfxChannel::new();
+        let mut aus = Vec::new();
+        for m in messages {
+            channel
+                .decode_message(&encode_vec(m.as_ref()).unwrap())
+                .unwrap();
+            while let Some(ev) = channel.pop_event() {
+                if let crate::rdp::GfxEvent::Avc420(a) = ev {
+                    aus.push(a.access_unit().to_vec());
+                }
+            }
+        }
+        aus
+    }
+
+    #[test]
+    fn replay_sends_the_reel_in_order_stamped_within_the_ack_window() {
+        let reel = fake_reel(5);
+        // Connection 3 starts at frame 2 × 7 mod 5 = 4.
+        let mut replay = Replay::new(&reel, 3);
+        assert_eq!(replay.next, 4);
+        assert_eq!(Replay::new(&reel, 1).next, 0);
+        let mut server = ready_server(avc420());
+        let mut gfx = GfxState::new();
+        let t = Duration::from_millis(50);
+        let before = stamp::now_ns();
+        let mut order = Vec::new();
+        for _ in 0..MAX_FRAMES_IN_FLIGHT {
+            assert!(produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+            for au in sent_aus(server.drain_output()) {
+                let sent = stamp::read(&au).unwrap();
+                assert!(sent >= before && sent <= stamp::now_ns());
+                assert_eq!(au.len(), 7 + stamp::SEI_LEN);
+                order.push(au[au.len() - 2]);
+            }
+        }
+        // Paused by flow control: nothing is sent and the reel does not move on.
+        for _ in 0..5 {
+            assert!(!produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+            assert!(server.drain_output().is_empty());
+        }
+        assert_eq!(replay.next, 2);
+        ack(&mut server, 0);
+        assert!(produce_replay_frame(&mut server, &mut gfx, &mut replay, t));
+        for au in sent_aus(server.drain_output()) {
+            order.push(au[au.len() - 2]);
+        }
+        assert_eq!(order, [4, 0, 1, 2], "in reel order, no frame left out");
+        // The surface has the reel's size.
+        let surface = server.get_surface(gfx.surface.unwrap()).unwrap();
+        assert_eq!((surface.width, surface.height), (1920, 1080));
+        assert_eq!(server.output_dimensions(), (1920, 1080));
+    }
+
+    /// A DVC message of `len` bytes (what `drain_output` hands out is opaque, so any
+    /// `DvcEncode` will do).
+    fn raw_messages(lens: &[usize]) -> Vec<DvcMessage> {
+        #[derive(Debug)]
+        struct Raw(Vec<u8>);
+        impl ironrdp_core::Encode for Raw {
+            fn encode(
+                &self,
+                dst: &mut ironrdp_core::WriteCursor<'_>,
+            ) -> ironrdp_core::EncodeResult<()> {
+                dst.write_slice(&self.0);
+                Ok(())
+            }
+            fn name(&self) -> &'static str {
+                "Raw"
+            }
+            fn size(&self) -> usize {
+                self.0.len()
+            }
+        }
+        impl ironrdp_dvc::DvcEncode for Raw {}
+        lens.iter()
+            .map(|&n| Box::new(Raw((0..n).map(|i| (i * 7 % 251) as u8).collect())) as DvcMessage)
+            .collect()
+    }
+
+    #[test]
+    fn batched_dvc_encoding_is_byte_for_byte_what_ironrdp_writes() {
+        let lens = [0, 1, 100, 1589, 1590, 1591, 3180, 200_000, 5];
+        let want = server_encode_svc_messages(
+            ironrdp_dvc::encode_dvc_messages(9, raw_messages(&lens), ChannelFlags::SHOW_PROTOCOL)
+                .unwrap(),
+            1004,
+            1007,
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut writes = 0;
+        encode_dvc(1004, 1007, 9, raw_messages(&lens), |b| {
+            got.extend_from_slice(b);
+            writes += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        // 200 KB in batches of about 64 KiB, never one write.
+        assert!((4..=6).contains(&writes), "{writes} writes");
     }
 
     #[test]
