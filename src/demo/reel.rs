@@ -25,7 +25,7 @@ use tracing::info;
 
 use super::encoder::{Tuning, H264};
 use super::{stamp, DemoError};
-use crate::rdp::egfx::{Rect, MAX_QUEUED_BYTES};
+use crate::rdp::dvc::DEFAULT_MAX_MESSAGE;
 
 /// What a reel shows and at what rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,22 +41,17 @@ pub enum ReelProfile {
 /// Bitrate the [`ReelProfile::Video`] reel is encoded at (the middle of 5–8 Mbit/s).
 pub const VIDEO_BITRATE_BPS: u32 = 6_500_000;
 
-/// The largest access unit (stamp included) the gateway accepts in one AVC420 `WireToSurface1`
-/// with one region: the gateway refuses a graphics message whose payload would pass
-/// [`MAX_QUEUED_BYTES`] (8 MiB) and counts for an AVC420 update the
-/// `RFX_AVC420_BITMAP_STREAM` as received (4 bytes of region count, 8 per region rectangle, 2
-/// per quantization/quality pair, then the access unit) plus its own decoded copy of the
-/// regions ([`Rect`] each) and quality values (3 bytes each). One byte more ends the session.
-///
-/// Nothing else in the path is smaller: ZGFX carries it in 65,535-byte uncompressed segments
-/// (MS-RDPEGFX allows up to 65,535 of them), the dynamic channel reassembles any length up to
-/// `u32::MAX`, and the gateway's WebSocket writer takes [`MAX_QUEUED_BYTES`] plus its
-/// header. So this is "the largest frame the protocol allows" as this gateway implements it;
-/// MS-RDPEGFX itself sets no limit on an access unit.
-pub const MAX_ACCESS_UNIT: usize =
-    MAX_QUEUED_BYTES - AVC420_STREAM_HEADER - (std::mem::size_of::<Rect>() + 3);
-/// `numRegionRects` + one `RDPGFX_RECT16` + one `RDPGFX_H264_QUANT_QUALITY`.
-const AVC420_STREAM_HEADER: usize = 4 + 8 + 2;
+/// The largest access unit (stamp included) a default gateway accepts: one AVC420
+/// `WireToSurface1` with one region, ZGFX-wrapped, must fit one dynamic-channel message of
+/// `--max-dvc-message` (its default, [`DEFAULT_MAX_MESSAGE`]); a larger one ends the session.
+/// The headers around the access unit take less than [`MESSAGE_HEADERS`]: the RDPGFX header
+/// (8 bytes), the `WireToSurface1` fields (17), the `RFX_AVC420_BITMAP_STREAM` header with one
+/// region and one quality pair (14) and ZGFX's segmentation (7 bytes plus 5 per 65,535-byte
+/// segment, 172 for 2 MiB). MS-RDPEGFX itself sets no limit on an access unit; this is the
+/// largest frame the protocol allows as this gateway is configured by default.
+pub const MAX_ACCESS_UNIT: usize = DEFAULT_MAX_MESSAGE - MESSAGE_HEADERS;
+/// An upper bound for what a graphics message adds around its access unit.
+pub const MESSAGE_HEADERS: usize = 1 << 10;
 
 /// H.264 NAL unit types this module writes or looks for.
 const NAL_IDR: u8 = 5;
@@ -734,8 +729,9 @@ mod tests {
         fn on_ready(&mut self, _: &CapabilitySet) {}
     }
 
-    /// What the gateway's graphics channel makes of `au` sent as the replay server sends it.
-    fn through_gateway_channel(au: &[u8]) -> Result<usize, GfxError> {
+    /// What the gateway's graphics channel makes of `au` sent as the replay server sends it,
+    /// and the largest dynamic-channel message that took.
+    fn through_gateway_channel(au: &[u8]) -> Result<(usize, usize), GfxError> {
         let mut server = GraphicsPipelineServer::new(Box::new(Quiet));
         server.start(7).unwrap();
         let caps = CapabilitySet::V8_1 {
@@ -759,15 +755,18 @@ mod tests {
             .unwrap();
         let mut channel = GfxChannel::new();
         let mut forwarded = 0;
+        let mut largest = 0;
         for message in server.drain_output() {
-            channel.decode_message(&encode_vec(message.as_ref()).unwrap())?;
+            let bytes = encode_vec(message.as_ref()).unwrap();
+            largest = largest.max(bytes.len());
+            channel.decode_message(&bytes)?;
             while let Some(event) = channel.pop_event() {
                 if let crate::rdp::GfxEvent::Avc420(a) = event {
                     forwarded = a.access_unit().len();
                 }
             }
         }
-        Ok(forwarded)
+        Ok((forwarded, largest))
     }
 
     #[test]
@@ -778,13 +777,12 @@ mod tests {
             assert!(frame.key);
             assert_eq!(frame.au.len() + stamp::SEI_LEN, MAX_ACCESS_UNIT);
             let stamped = stamp::stamped(&frame.au, 77);
-            assert_eq!(through_gateway_channel(&stamped), Ok(MAX_ACCESS_UNIT));
-            let mut one_more = stamped;
-            one_more.push(0x80);
-            assert!(matches!(
-                through_gateway_channel(&one_more),
-                Err(GfxError::QueueFull { .. })
-            ));
+            let (forwarded, message) = through_gateway_channel(&stamped).unwrap();
+            assert_eq!(forwarded, MAX_ACCESS_UNIT);
+            // The graphics message fits the default --max-dvc-message, with less than the
+            // headers' bound to spare.
+            assert!(message <= DEFAULT_MAX_MESSAGE, "{message}");
+            assert!(message > DEFAULT_MAX_MESSAGE - MESSAGE_HEADERS, "{message}");
             // Valid Annex B: the picture, then one filler NAL unit.
             let types: Vec<u8> = stamp::nal_units(&frame.au)
                 .map(|(_, n)| n[0] & 0x1f)

@@ -26,6 +26,10 @@ use super::large::{LargeBudget, LargePermit, COPIES};
 /// copies are counted in every session's own figure.
 pub const LARGE: usize = 16 << 10;
 
+/// `--max-dvc-message`'s default: a 1080p key frame is a few hundred kilobytes, a 4K one
+/// rarely above a megabyte.
+pub const DEFAULT_MAX_MESSAGE: usize = 2 << 20;
+
 /// MS-RDPEDYC 2.2.3.1 DYNVC_DATA_FIRST and 2.2.3.3 DYNVC_DATA_FIRST_COMPRESSED.
 const CMD_DATA_FIRST: u8 = 0x02;
 const CMD_DATA: u8 = 0x03;
@@ -331,5 +335,15 @@ mod tests {
         // Not a DataFirst: nothing to check.
         assert!(d.check(&[0x30, 7, 1, 2, 3]).is_ok());
         assert!(d.check(&[]).is_ok());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod default_tests {
+    #[test]
+    fn the_settings_default_is_the_documented_constant() {
+        let s = crate::config::Layers::default().resolve().unwrap();
+        assert_eq!(s.max_dvc_message, super::DEFAULT_MAX_MESSAGE);
     }
 }

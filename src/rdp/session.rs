@@ -202,6 +202,16 @@ impl Session {
         }
     }
 
+    /// True when finished large messages hold room in the core's budget that
+    /// [`Session::release_large`] would give back (none of their events still queued here).
+    pub fn holds_large(&mut self) -> bool {
+        !self.has_graphics()
+            && self
+                .stage
+                .get_svc_processor_mut::<BoundedDrdynvc>()
+                .is_some_and(|d| d.holds_permits())
+    }
+
     /// Gives back the budget of large messages once the page has everything before: no
     /// graphics event is queued here and the caller has written all it had.
     pub fn release_large(&mut self) {

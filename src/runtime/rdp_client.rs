@@ -181,6 +181,11 @@ impl RdpClient {
         }
     }
 
+    /// True while finished large messages still hold room in the core's budget.
+    pub fn holds_large(&mut self) -> bool {
+        self.session.holds_large()
+    }
+
     /// The page has everything written so far: finished large messages give their room back.
     pub fn release_large(&mut self) {
         self.session.release_large();

@@ -42,6 +42,8 @@ const CLOSE_IDLE: u16 = 4001;
 enum Event {
     Browser(Option<Result<Message, tungstenite::Error>>),
     WriteFailed(End),
+    /// Everything queued is in the socket (so large messages can give their room back).
+    Written,
     Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
     Idle,
@@ -122,6 +124,8 @@ pub async fn run(
                 client.release_large();
             }
         }
+        // Large messages' room goes back once written; the loop must come round for that.
+        let holds_large = rdp.as_mut().is_some_and(RdpClient::holds_large);
         let take_rdp = session.wants_rdp();
         let graphics = session.wants_graphics();
         if graphics_open && !graphics {
@@ -134,7 +138,14 @@ pub async fn run(
                 // to read, the server is still read (sound is dropped, not queued) and the
                 // page's own messages are still taken.
                 std::future::poll_fn(|cx| {
-                    poll_browser(&mut ws, &mut writer, &mut session, &counters, cx)
+                    poll_browser(
+                        &mut ws,
+                        &mut writer,
+                        &mut session,
+                        &counters,
+                        holds_large,
+                        cx,
+                    )
                 }),
                 async {
                     match rdp.as_mut() {
@@ -160,6 +171,7 @@ pub async fn run(
         .await;
         match event {
             Event::WriteFailed(end) => break end,
+            Event::Written => {}
             Event::Shutdown => {
                 break close(&mut ws, 1001, "gateway is shutting down".to_owned()).await;
             }
@@ -323,10 +335,15 @@ fn poll_browser(
     w: &mut Writer,
     session: &mut Session,
     counters: &CoreCounters,
+    holds_large: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
-    if let Poll::Ready(Err(end)) = poll_write(ws, w, session, counters, cx) {
-        return Poll::Ready(Event::WriteFailed(end));
+    match poll_write(ws, w, session, counters, cx) {
+        Poll::Ready(Err(end)) => return Poll::Ready(Event::WriteFailed(end)),
+        Poll::Ready(Ok(())) if holds_large && w.large.is_none() && !session.has_output() => {
+            return Poll::Ready(Event::Written);
+        }
+        _ => {}
     }
     // An answer needs a chunk; without one the browser waits (TCP), it is not refused.
     if !session.wants_input() {
