@@ -285,11 +285,10 @@ fn office_replay_streams_stamped_frames_to_concurrent_sessions_through_the_gatew
 fn max_frames_pass_the_gateway_whole() {
     let reel = Reel::build(ReelProfile::MaxFrames).unwrap();
     let server = replay_server(reel);
-    // With the default 32 KiB browser SO_SNDBUF an 8 MiB message crawls over loopback at
-    // about 64 KiB per 37 ms (measured: 4.8 s per frame, 41-65 ms with 4 MiB; likely one
-    // 64 KiB loopback segment fills the send buffer and then waits for a delayed ACK). A
-    // larger buffer keeps this test short; the harness measures with the defaults.
-    let (gw, _dir) = gateway_for(&server, &["--browser-sndbuf", "4MiB"]);
+    // The default 32 KiB browser SO_SNDBUF: the gateway caps its segments at a quarter of
+    // the send buffer, so loopback's 64 KiB segments do not each wait for a delayed ACK
+    // (before that cap, an 8 MiB message took 4.8 s here).
+    let (gw, _dir) = gateway_for(&server, &[]);
     let seen = stream(&gw, Duration::from_secs(60), 4, true);
     let mut r = seen.residence_ns.clone();
     r.sort_unstable();
