@@ -1,0 +1,163 @@
+//! Measurements from outside the gateway: `/proc/<pid>/smaps_rollup` (PSS, RSS),
+//! `/proc/<pid>/task/*/schedstat` and `/proc/<pid>/stat` (CPU), `/proc/net/sockstat` (the
+//! kernel's TCP buffer memory), and a sampler that records them every 100 ms.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+pub const PAGE: u64 = 4096;
+/// `sysconf(_SC_CLK_TCK)` on Linux.
+const CLK_TCK: u64 = 100;
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Mem {
+    pub pss: u64,
+    pub rss: u64,
+    /// Anonymous resident memory (heap, stacks, arenas).
+    pub anon: u64,
+}
+
+/// Proportional, resident and anonymous resident set size, in bytes.
+pub fn memory(pid: u32) -> Result<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    Ok(Mem {
+        pss: field("Pss:"),
+        rss: field("Rss:"),
+        anon: field("Anonymous:"),
+    })
+}
+
+/// Kernel memory of all TCP sockets on this machine (pages × page size): the gateway's and
+/// the harness's own ends of every loopback connection.
+pub fn tcp_memory() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("TCP:"))?;
+            let mut it = line.split_whitespace();
+            while let Some(w) = it.next() {
+                if w == "mem" {
+                    return it.next()?.parse::<u64>().ok();
+                }
+            }
+            None
+        })
+        .map_or(0, |pages| pages * PAGE)
+}
+
+/// CPU time of a process, nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// Sum of `/proc/<pid>/task/*/schedstat` run times (ns precision; threads alive now).
+    pub sched_ns: u64,
+    /// utime + stime of `/proc/<pid>/stat` (10 ms ticks; every thread ever).
+    pub ticks_ns: u64,
+}
+
+pub fn cpu(pid: u32) -> Cpu {
+    let mut sched_ns = 0;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in dir.flatten() {
+            if let Ok(t) = std::fs::read_to_string(task.path().join("schedstat")) {
+                sched_ns += t
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    let ticks_ns = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            // Fields after the command name, which may contain spaces: ") state ppid ...".
+            let rest = t.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) * 1_000_000_000 / CLK_TCK)
+        })
+        .unwrap_or(0);
+    Cpu { sched_ns, ticks_ns }
+}
+
+impl Cpu {
+    /// CPU time spent since `earlier`, ns: schedstat when it is consistent, else ticks.
+    pub fn since(&self, earlier: &Cpu) -> u64 {
+        let sched = self.sched_ns.checked_sub(earlier.sched_ns);
+        let ticks = self.ticks_ns.saturating_sub(earlier.ticks_ns);
+        match sched {
+            // A thread that exited takes its schedstat time with it; ticks still count it.
+            Some(s) if s + 20_000_000 >= ticks => s,
+            _ => ticks,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sample {
+    pub t_ms: u64,
+    pub pss: u64,
+    pub rss: u64,
+    pub tcp: u64,
+}
+
+/// Samples the gateway's memory every `period` on its own thread.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32, period: Duration, epoch: Instant) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (Arc::clone(&stop), Arc::clone(&samples));
+        let handle = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !s.load(Relaxed) {
+                let Ok(m) = memory(pid) else { break };
+                let sample = Sample {
+                    t_ms: epoch.elapsed().as_millis() as u64,
+                    pss: m.pss,
+                    rss: m.rss,
+                    tcp: tcp_memory(),
+                };
+                v.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(sample);
+                next += period;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
