@@ -105,6 +105,37 @@ impl Cpu {
     }
 }
 
+/// CPU time of this process's threads, ns, split by thread name: the synthetic browsers
+/// (`browser-*`), the synthetic servers (`rdpwire-demo*`), and the rest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HarnessCpu {
+    pub browsers: u64,
+    pub servers: u64,
+    pub other: u64,
+}
+
+pub fn harness_cpu() -> HarnessCpu {
+    let mut out = HarnessCpu::default();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in dir.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if comm.starts_with("browser-") {
+            out.browsers += ns;
+        } else if comm.starts_with("rdpwire-demo") {
+            out.servers += ns;
+        } else {
+            out.other += ns;
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Sample {
     pub t_ms: u64,

@@ -87,15 +87,6 @@ impl Mix {
             HOSTILE_GROUP
         }
     }
-
-    /// Whether session `i` of `well + hostile` is hostile: hostile ones spread evenly.
-    pub fn is_hostile(&self, i: usize) -> bool {
-        let total = self.well + self.hostile;
-        if self.hostile == 0 || total == 0 {
-            return false;
-        }
-        (i + 1) * self.hostile / total > i * self.hostile / total
-    }
 }
 
 #[cfg(test)]
@@ -103,12 +94,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hostile_sessions_are_spread_and_counted() {
+    fn hostile_sessions_are_counted() {
         let m = Mix::new(Profile::StalledBrowser, 50, 0.2);
         assert_eq!((m.well, m.hostile), (40, 10));
-        let n = (0..50).filter(|&i| m.is_hostile(i)).count();
-        assert_eq!(n, 10);
-        assert!(!(0..4).any(|i| m.is_hostile(i)));
         let o = Mix::new(Profile::Office, 50, 0.2);
         assert_eq!((o.well, o.hostile), (50, 0));
         let s = Mix::new(Profile::Storm, 50, 0.2);

@@ -81,6 +81,7 @@ fn watchdog(bound: Duration, pid: u32, done: Arc<AtomicBool>) {
 
 struct Window {
     at: Instant,
+    harness: measure::HarnessCpu,
     frames: Vec<u64>,
     cpu: measure::Cpu,
     metrics: Metrics,
@@ -89,10 +90,41 @@ struct Window {
 fn snapshot(gw: &Gateway, fleet: &Fleet) -> Window {
     Window {
         at: Instant::now(),
+        harness: measure::harness_cpu(),
         frames: fleet.frames(),
         cpu: measure::cpu(gw.pid()),
         metrics: gw.metrics().unwrap_or_default(),
     }
+}
+
+/// Waits for the sessions started so far, then measures the gateway's memory.
+fn measure_step(progress: &Progress, fleet: &Fleet, pid: u32) -> Result<report::Step> {
+    if !fleet.wait_settled(SETTLE_TIMEOUT) {
+        progress.say("some sessions did not start streaming in time".to_owned());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let sessions = fleet
+        .browsers
+        .iter()
+        .filter(|b| b.kind != Kind::Storm)
+        .count();
+    let streaming = fleet
+        .browsers
+        .iter()
+        .filter(|b| b.stats.streaming.load(Relaxed) && !b.stats.ended.load(Relaxed))
+        .count();
+    let mem = measure::memory(pid)?;
+    progress.say(format!(
+        "{sessions} sessions ({streaming} streaming): PSS {:.2} MiB, RSS {:.2} MiB",
+        mib(mem.pss),
+        mib(mem.rss)
+    ));
+    Ok(report::Step {
+        sessions,
+        streaming,
+        mem,
+        kernel_tcp: measure::tcp_memory(),
+    })
 }
 
 /// Sleeps `d` while the bar counts seconds; fails early if the gateway died.
@@ -187,59 +219,61 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
     let idle_tcp = measure::tcp_memory();
     let sampler = Sampler::start(pid, Duration::from_millis(100), epoch);
 
-    // Ramp up in steps.
+    // Ramp up the well-behaved sessions in steps.
     let env = Env::new(gw.addr.clone(), desktop, args.slow_rate, args.large_message)?;
     let mut fleet = Fleet::new(env);
     let total = mix.well + mix.hostile;
-    let step = args.step.unwrap_or((total / 4).max(1)).max(1);
+    let step = args.step.unwrap_or((mix.well / 4).max(1)).max(1);
     let main = servers.group(MAIN_GROUP).context("no main server group")?;
     let hostile_group = servers
         .group(mix.hostile_group())
         .context("no hostile server group")?;
-    progress.phase("ramp", total as u64, "opening sessions");
+    progress.phase("ramp", mix.well as u64, "opening well-behaved sessions");
     let mut steps = Vec::new();
-    for i in 0..total {
-        if mix.is_hostile(i) {
-            fleet.spawn(
-                mix.hostile_kind,
-                false,
-                hostile_group.target_for(),
-                MAX_PENDING,
-            )?;
-        } else {
-            fleet.spawn(Kind::Page, true, main.target_for(), MAX_PENDING)?;
-        }
+    for i in 0..mix.well {
+        fleet.spawn(Kind::Page, true, main.target_for(), MAX_PENDING)?;
         progress.bar.set_position(i as u64 + 1);
-        if (i + 1) % step == 0 || i + 1 == total {
-            if !fleet.wait_settled(SETTLE_TIMEOUT) {
-                progress.say("some sessions did not start streaming in time".to_owned());
-            }
-            std::thread::sleep(Duration::from_secs(1));
-            let streaming = fleet
-                .browsers
-                .iter()
-                .filter(|b| b.stats.streaming.load(Relaxed) && !b.stats.ended.load(Relaxed))
-                .count();
-            let mem = measure::memory(pid)?;
-            progress.say(format!(
-                "{} sessions ({streaming} streaming): PSS {:.2} MiB, RSS {:.2} MiB",
-                i + 1,
-                mib(mem.pss),
-                mib(mem.rss)
-            ));
-            steps.push(report::Step {
-                sessions: i + 1,
-                streaming,
-                mem,
-                kernel_tcp: measure::tcp_memory(),
-            });
+        if (i + 1) % step == 0 || i + 1 == mix.well {
+            steps.push(measure_step(&progress, &fleet, pid)?);
         }
         if let Some(status) = gw.exited() {
             bail!("the gateway exited while sessions were opening: {status}");
         }
     }
 
-    // The storm arrives.
+    // Hostile profiles: the well-behaved sessions' own frame rates before the hostile load
+    // arrives, then the hostile sessions (or the storm).
+    let mut baseline = None;
+    if mix.hostile > 0 || mix.storm {
+        let d = (args.duration / 3).max(Duration::from_secs(5));
+        progress.phase(
+            "baseline",
+            d.as_secs(),
+            "well-behaved only, measuring their rates",
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let b0 = snapshot(&gw, &fleet);
+        wait(&progress, &mut gw, d)?;
+        let b1 = snapshot(&gw, &fleet);
+        baseline = Some((b0, b1));
+    }
+    if mix.hostile > 0 {
+        progress.phase(
+            "hostile",
+            mix.hostile as u64,
+            &format!("opening {:?} sessions", mix.hostile_kind),
+        );
+        for i in 0..mix.hostile {
+            fleet.spawn(
+                mix.hostile_kind,
+                false,
+                hostile_group.target_for(),
+                MAX_PENDING,
+            )?;
+            progress.bar.set_position(i as u64 + 1);
+        }
+        steps.push(measure_step(&progress, &fleet, pid)?);
+    }
     if storm_attempters > 0 {
         progress.say(format!(
             "storm: {storm_attempters} browsers attempting upgrades"
@@ -346,6 +380,33 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
         .map(|(b, (a, z))| (b.well_behaved, (z - a) as f64 / secs))
         .collect();
     let well_rates: Vec<f64> = rates.iter().filter(|r| r.0).map(|r| r.1).collect();
+    // Each well-behaved session's rate under the hostile load against its own baseline.
+    let (baseline_well, kept) = match &baseline {
+        Some((b0, b1)) => {
+            let bsecs = (b1.at - b0.at).as_secs_f64().max(1e-9);
+            let mut base = Vec::new();
+            let mut ratios = Vec::new();
+            for (i, b) in fleet.browsers.iter().enumerate() {
+                let (Some(x0), Some(x1)) = (b0.frames.get(i), b1.frames.get(i)) else {
+                    continue;
+                };
+                if !b.well_behaved || *x0 == 0 {
+                    continue;
+                }
+                let before = (x1 - x0) as f64 / bsecs;
+                base.push(before);
+                let now = (w1.frames[i] - w0.frames[i]) as f64 / secs;
+                if before > 0.0 {
+                    ratios.push(now / before);
+                }
+            }
+            (
+                report::Rates::of(&base),
+                ratios.iter().copied().reduce(f64::min),
+            )
+        }
+        None => (None, None),
+    };
     let hostile_rates: Vec<f64> = rates.iter().filter(|r| !r.0).map(|r| r.1).collect();
     let frames: u64 = w1.frames.iter().sum::<u64>() - w0.frames.iter().sum::<u64>();
     let cpu_ns = w1.cpu.since(&w0.cpu);
@@ -435,6 +496,8 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             idle_kernel_tcp: idle_tcp,
             steady,
             steady_kernel_tcp: steady_tcp,
+            server_bytes_per_session: (total > 0)
+                .then(|| bytes(&w1.metrics, "server_in") as u64 / total as u64),
             per_session_pss: (total > 0).then(|| per(|m| m.pss)),
             per_session_rss: (total > 0).then(|| per(|m| m.rss)),
             per_session_kernel_tcp: (total > 0).then(|| steady_tcp.saturating_sub(idle_tcp) / n),
@@ -462,9 +525,19 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             mbit_s_per_cpu_core: (core_share > 0.0).then(|| mbit_s / core_share),
         },
         latency,
+        harness: {
+            let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9 / secs;
+            report::Harness {
+                browsers_core_share: share(w0.harness.browsers, w1.harness.browsers),
+                servers_core_share: share(w0.harness.servers, w1.harness.servers),
+                other_core_share: share(w0.harness.other, w1.harness.other),
+            }
+        },
         frame_rates: report::FrameRates {
             nominal_fps: Servers::reel(mix.well_reel).fps,
             well: report::Rates::of(&well_rates),
+            baseline_well,
+            kept_min_ratio: kept,
             hostile: report::Rates::of(&hostile_rates),
             per_session_well: well_rates,
         },
