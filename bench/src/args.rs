@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// per-session × sessions from `rdpwire check-config`, so the budget is reached.
     #[arg(long)]
     pub memory_budget: Option<String>,
+    /// Extra environment for the gateway process, KEY=VALUE (repeatable), e.g. allocator
+    /// settings such as MALLOC_ARENA_MAX=2.
+    #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
+    pub gateway_env: Vec<String>,
     /// Compare with the targets; exit non-zero on a miss.
     #[arg(long)]
     pub check: bool,

@@ -37,6 +37,56 @@ pub fn memory(pid: u32) -> Result<Mem> {
     })
 }
 
+/// One mapping of `/proc/<pid>/smaps`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Mapping {
+    pub range: String,
+    /// `[heap]`, a file, or empty for anonymous memory.
+    pub name: String,
+    pub size: u64,
+    pub rss: u64,
+}
+
+/// The `n` mappings with the most resident memory: where the memory is (heap, arenas,
+/// thread stacks), for reading a figure like "back to base" or "creep".
+pub fn largest_mappings(pid: u32, n: usize) -> Vec<Mapping> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let name = line.split_whitespace().nth(5).unwrap_or("").to_owned();
+            out.push(Mapping {
+                range: first.to_owned(),
+                name,
+                size: 0,
+                rss: 0,
+            });
+            continue;
+        }
+        let kb = || -> u64 {
+            words
+                .clone()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |k| k * 1024)
+        };
+        if let Some(m) = out.last_mut() {
+            match first {
+                "Size:" => m.size = kb(),
+                "Rss:" => m.rss = kb(),
+                _ => {}
+            }
+        }
+    }
+    out.sort_by_key(|m| std::cmp::Reverse(m.rss));
+    out.truncate(n);
+    out
+}
+
 /// Kernel memory of all TCP sockets on this machine (pages × page size): the gateway's and
 /// the harness's own ends of every loopback connection.
 pub fn tcp_memory() -> u64 {

@@ -91,6 +91,10 @@ pub struct Memory {
     pub per_session_kernel_tcp: Option<u64>,
     pub max_sampled_rss: u64,
     pub max_sampled_pss: u64,
+    /// The gateway's largest resident mappings at the end of the run (after the cycles).
+    pub largest_mappings: Vec<crate::measure::Mapping>,
+    /// Largest RSS + machine TCP memory of one sample.
+    pub max_sampled_total: u64,
     /// Every 100 ms, from the gateway's start to the end of the run.
     pub samples: Vec<Sample>,
 }
@@ -471,15 +475,15 @@ impl Report {
         } else {
             let budget = self.gateway.budget_bytes;
             c.push(check(
-                "memory never above the budget (sampled every 100 ms, RSS)",
-                "≤ budget",
+                "memory never above the budget (sampled every 100 ms)",
+                "RSS + kernel TCP memory ≤ budget",
                 format!(
-                    "max RSS {:.2} MiB of {:.2} MiB ({} samples)",
-                    mib(self.memory.max_sampled_rss),
+                    "max {:.2} MiB of {:.2} MiB (RSS + the whole machine's TCP memory, an upper bound of the gateway's socket buffers; {} samples)",
+                    mib(self.memory.max_sampled_total),
                     mib(budget),
                     self.memory.samples.len()
                 ),
-                Some(self.memory.max_sampled_rss <= budget),
+                Some(self.memory.max_sampled_total <= budget),
             ));
             c.push(check(
                 "gateway never killed",

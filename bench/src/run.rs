@@ -362,6 +362,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             progress.bar.set_position(c as u64 + 1);
         }
     }
+    let largest_mappings = measure::largest_mappings(pid, 8);
     let samples = sampler.finish();
     let end_metrics = gw.metrics().unwrap_or_default();
     let gateway_exit = gw.exited();
@@ -507,6 +508,8 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             cycles,
             max_sampled_rss: samples.iter().map(|s| s.rss).max().unwrap_or(0),
             max_sampled_pss: samples.iter().map(|s| s.pss).max().unwrap_or(0),
+            largest_mappings,
+            max_sampled_total: samples.iter().map(|s| s.rss + s.tcp).max().unwrap_or(0),
             samples,
         },
         cpu: report::Cpu {
