@@ -156,9 +156,14 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
     let progress = Progress::new();
     progress.phase("servers", 0, "starting the synthetic RDP servers");
     let servers = Servers::start(&mix.groups(cycle_sessions))?;
-    let reel = Servers::reel(mix.well_reel);
+    let reel = servers
+        .group(MAIN_GROUP)
+        .context("no main server group")?
+        .info
+        .clone();
     let hostile_reel = (mix.hostile > 0 && mix.hostile_reel != mix.well_reel)
-        .then(|| Servers::reel(mix.hostile_reel));
+        .then(|| servers.group(mix.hostile_group()).map(|g| g.info.clone()))
+        .flatten();
     let desktop = args.desktop_size()?.unwrap_or((reel.width, reel.height));
 
     std::fs::create_dir_all(&args.out_dir)
@@ -370,6 +375,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
     progress.bar.finish_and_clear();
 
     // Figures.
+    let r_fps = main.info.fps;
     let secs = window.as_secs_f64().max(1e-9);
     // Sessions that were streaming when the window opened (a refused session has no rate;
     // it is counted among the failures).
@@ -537,7 +543,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             }
         },
         frame_rates: report::FrameRates {
-            nominal_fps: Servers::reel(mix.well_reel).fps,
+            nominal_fps: r_fps,
             well: report::Rates::of(&well_rates),
             baseline_well,
             kept_min_ratio: kept,

@@ -11,7 +11,7 @@
 //! frame residence time is reported as not measured. At merge time only this file changes:
 //! [`Servers::start`] builds one `Reel` per profile and one `DemoServer` per group with
 //! `Content::Replay` and `max_connections` ≥ the group's connections, [`Group::target_for`]
-//! names the group's single target, [`Servers::reel`] reports the reel's size, rate and
+//! names the group's single target, [`Group::info`] reports the reel's size, rate and
 //! bit rate, and [`now_ns`]/[`read_stamp`] call `rdpwire::demo::stamp`.
 
 use std::net::SocketAddr;
@@ -63,6 +63,8 @@ pub struct ReelInfo {
 /// One group of servers sending one reel.
 pub struct Group {
     pub name: String,
+    /// What this group's servers send.
+    pub info: ReelInfo,
     servers: Vec<DemoServer>,
     next: AtomicUsize,
 }
@@ -113,6 +115,7 @@ impl Servers {
                 .collect::<Result<Vec<_>>>()?;
             groups.push(Group {
                 name: name.to_owned(),
+                info: reel_info(profile),
                 servers,
                 next: AtomicUsize::new(0),
             });
@@ -139,27 +142,27 @@ impl Servers {
         out
     }
 
-    /// What a profile's servers send.
-    pub fn reel(profile: ReelProfile) -> ReelInfo {
-        ReelInfo {
-            source: format!(
-                "stand-in: live demo desktop (OpenH264, {} fps), not the {} reel",
-                rdpwire::demo::FPS,
-                profile.name()
-            ),
-            // The stand-in encodes live, per session: a small desktop keeps the servers'
-            // cost within reach of a 2-core machine.
-            width: 320,
-            height: 200,
-            fps: rdpwire::demo::FPS,
-            key_interval: Some(rdpwire::demo::FPS * 10),
-            bitrate_bps: None,
-            stamped: false,
-        }
-    }
-
     pub fn frames_sent(&self) -> u64 {
         self.groups.iter().map(Group::frames_sent).sum()
+    }
+}
+
+/// What a profile's servers send.
+fn reel_info(profile: ReelProfile) -> ReelInfo {
+    ReelInfo {
+        source: format!(
+            "stand-in: live demo desktop (OpenH264, {} fps), not the {} reel",
+            rdpwire::demo::FPS,
+            profile.name()
+        ),
+        // The stand-in encodes live, per session: a small desktop keeps the servers'
+        // cost within reach of a 2-core machine.
+        width: 320,
+        height: 200,
+        fps: rdpwire::demo::FPS,
+        key_interval: Some(rdpwire::demo::FPS * 10),
+        bitrate_bps: None,
+        stamped: false,
     }
 }
 
@@ -173,3 +176,40 @@ pub fn now_ns() -> u64 {
 pub fn read_stamp(_access_unit: &[u8]) -> Option<u64> {
     None
 }
+
+// At merge time (the replay content mode in `rdpwire::demo`), the stand-in above becomes:
+//
+//     use std::sync::Arc;
+//     use rdpwire::demo::{reel, stamp, Content};
+//
+//     fn build(profile: ReelProfile) -> Result<Arc<reel::Reel>> {
+//         let p = match profile {
+//             ReelProfile::Office => reel::ReelProfile::Office,
+//             ReelProfile::Video => reel::ReelProfile::Video,
+//             ReelProfile::MaxFrames => reel::ReelProfile::MaxFrames,
+//         };
+//         Ok(Arc::new(reel::Reel::build(p)?))
+//     }
+//
+//     // Servers::start, per group: one server for the whole group.
+//     let server = DemoServer::start(DemoOptions {
+//         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+//         username: USERNAME.to_owned(),
+//         password: PASSWORD.to_owned(),
+//         audio: DemoAudio::Off,
+//         content: Content::Replay(build(profile)?),
+//         max_connections: wanted,
+//     })?;
+//
+//     // Group::target_for and Group::targets: the group's one target, named `name`.
+//
+//     // Group::info, from the reel the group's server replays:
+//     ReelInfo {
+//         source: format!("replay reel `{}`", profile.name()),
+//         width: r.width, height: r.height, fps: r.fps,
+//         key_interval: Some(r.key_interval), bitrate_bps: Some(r.bitrate_bps()),
+//         stamped: true,
+//     }
+//
+//     pub fn now_ns() -> u64 { stamp::now_ns() }
+//     pub fn read_stamp(au: &[u8]) -> Option<u64> { stamp::read(au) }
