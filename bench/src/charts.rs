@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::measure::mib;
-use crate::report::Report;
+use crate::report::{Latency, Report};
 
 const SIZE: (u32, u32) = (900, 540);
 
@@ -24,9 +24,9 @@ pub fn write(report: &Report, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     let p = dir.join(format!("{stem}-memory-time.svg"));
     memory_over_time(report, &p)?;
     out.push(p);
-    if report.latency.is_some() {
+    if let Some(l) = &report.latency {
         let p = dir.join(format!("{stem}-latency.svg"));
-        latency(report, &p)?;
+        latency(l, &report.profile, &p)?;
         out.push(p);
     }
     Ok(out)
@@ -168,8 +168,7 @@ fn memory_over_time(r: &Report, path: &Path) -> Result<()> {
 }
 
 /// Latency by percentile on a "nines" axis: x = −log10(1 − q).
-fn latency(r: &Report, path: &Path) -> Result<()> {
-    let Some(l) = &r.latency else { return Ok(()) };
+fn latency(l: &Latency, profile: &str, path: &Path) -> Result<()> {
     let pts: Vec<(f64, f64)> = l
         .spectrum
         .iter()
@@ -183,8 +182,8 @@ fn latency(r: &Report, path: &Path) -> Result<()> {
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "frame residence, server send → browser receive ({}, {} frames)",
-                r.profile, l.count
+                "frame residence, server send → browser receive ({profile}, {} frames)",
+                l.count
             ),
             ("sans-serif", 20),
         )
@@ -222,4 +221,29 @@ fn latency(r: &Report, path: &Path) -> Result<()> {
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_chart_is_svg() {
+        let l = Latency {
+            count: 1000,
+            p50_us: 80.0,
+            p90_us: 120.0,
+            p99_us: 400.0,
+            p999_us: 900.0,
+            max_us: 2500.0,
+            spectrum: vec![(0.0, 40.0), (50.0, 80.0), (99.0, 400.0), (99.9, 900.0)],
+        };
+        let path = std::env::temp_dir().join(format!("bench-latency-{}.svg", std::process::id()));
+        latency(&l, "office", &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..40]);
+        assert!(text.contains("99.9"), "nines on the percentile axis");
+    }
 }

@@ -268,3 +268,25 @@ impl Metrics {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_by_name_and_labels() {
+        let m = Metrics::parse(
+            "# HELP x y\nrdpwire_sessions_active 3\nrdpwire_bytes_total{direction=\"browser_out\"} 1200\nrdpwire_core_sessions_active{cpu=\"0\"} 2\nrdpwire_core_sessions_active{cpu=\"1\"} 1\n",
+        );
+        assert_eq!(m.get("rdpwire_sessions_active"), 3.0);
+        assert_eq!(
+            m.get("rdpwire_bytes_total{direction=\"browser_out\"}"),
+            1200.0
+        );
+        assert_eq!(m.get("missing"), 0.0);
+        assert_eq!(
+            m.series("rdpwire_core_sessions_active"),
+            vec![("cpu=\"0\"".to_owned(), 2.0), ("cpu=\"1\"".to_owned(), 1.0)]
+        );
+    }
+}

@@ -784,3 +784,18 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_the_largest_deviation_from_the_mean() {
+        let r = Rates::of(&[25.0, 24.0, 26.0, 25.0]).unwrap();
+        assert!((r.mean - 25.0).abs() < 1e-9);
+        assert!((r.spread - 0.04).abs() < 1e-9);
+        assert!(Rates::of(&[]).is_none());
+        assert!((Rates::of(&[0.0, 0.0]).unwrap().spread - 1.0).abs() < 1e-9);
+    }
+}
