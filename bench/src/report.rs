@@ -44,6 +44,17 @@ pub struct Report {
     /// How the gateway process ended, if it ended before the harness stopped it.
     pub gateway_exit: Option<String>,
     pub checks: Vec<Check>,
+    /// What the reader should know to read the figures (set by [`Report::evaluate`]).
+    pub notes: Vec<String>,
+    pub machine: Machine,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    /// `/proc/loadavg` (1 min) when the window opened and when it closed.
+    pub load_start: f64,
+    pub load_end: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -518,6 +529,31 @@ impl Report {
             ));
         }
         self.checks = c;
+
+        let mut notes = Vec::new();
+        if !self.reel.stamped {
+            notes.push(format!(
+                "The servers are a stand-in ({}): residence times cannot be measured and the frame sizes are not a real profile's.",
+                self.reel.source
+            ));
+        }
+        let cpus = self.machine.cpus as f64;
+        let servers = self.harness.servers_core_share;
+        if servers > 0.4 * cpus {
+            notes.push(format!(
+                "The synthetic servers used {:.0} % of a core of this machine's {} — frame rates are bounded by them, not by the gateway.",
+                servers * 100.0,
+                self.machine.cpus
+            ));
+        }
+        let load = self.machine.load_start.max(self.machine.load_end);
+        if load > cpus * 1.5 {
+            notes.push(format!(
+                "The machine was busy: load average {:.1} on {} CPUs during the window (other processes compete with the gateway and the harness).",
+                load, self.machine.cpus
+            ));
+        }
+        self.notes = notes;
     }
 
     pub fn misses(&self) -> Vec<&Check> {
@@ -774,6 +810,12 @@ impl Report {
                 "| {} | {} | {} | {} |",
                 c.name, c.target, c.measured, status
             );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\nNotes:");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
         }
         if !self.failures.examples.is_empty() {
             let _ = writeln!(s, "\nFailures (examples):");

@@ -294,9 +294,11 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
     std::thread::sleep(Duration::from_millis(500));
     fleet.ctl.recording.store(true, Relaxed);
     let w0 = snapshot(&gw, &fleet);
+    let load_start = measure::load_average();
     let server_frames0 = servers.frames_sent();
     wait(&progress, &mut gw, args.duration)?;
     let w1 = snapshot(&gw, &fleet);
+    let load_end = measure::load_average();
     fleet.ctl.recording.store(false, Relaxed);
     let window = w1.at - w0.at;
     let server_frames = servers.frames_sent();
@@ -591,6 +593,12 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
         },
         gateway_exit,
         checks: Vec::new(),
+        notes: Vec::new(),
+        machine: report::Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_start,
+            load_end,
+        },
     };
     drop(fleet);
     drop(gw);
