@@ -182,16 +182,19 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
         )],
     };
     let mut budget_set_by_harness = false;
-    if mix.tight_budget && settings.memory_budget.is_none() {
-        // Room for the run's sessions and no more, plus headroom for the kernel's uneven
-        // spread of connections over the executors (SO_REUSEPORT hashes; each core admits
-        // only its share of the capacity).
+    if settings.memory_budget.is_none() {
+        // Hostile profiles: room for the run's sessions and no more. Well-behaved profiles:
+        // the gateway's default budget, raised only when it would not admit the run's
+        // sessions. Either way with headroom for the kernel's uneven spread of connections
+        // over the executors (SO_REUSEPORT hashes; each core admits only its share).
         let p = settings.plan()?;
         let n = args.sessions as f64;
         let capacity = (n + 3.0 * n.sqrt()).ceil() as u64 + 2 * p.executors as u64;
-        let budget = p.base_bytes + p.per_session_bytes * capacity;
-        settings.memory_budget = Some(budget.to_string());
-        budget_set_by_harness = true;
+        if mix.tight_budget || p.max_sessions < capacity {
+            let budget = p.base_bytes + p.per_session_bytes * capacity;
+            settings.memory_budget = Some(budget.to_string());
+            budget_set_by_harness = true;
+        }
     }
     let plan = settings.plan()?;
     if (plan.max_sessions as usize) < mix.well + mix.hostile {
