@@ -101,8 +101,9 @@ fn memory_over_time(r: &Report, path: &Path) -> Result<()> {
         .max(1.0);
     let budget = mib(r.gateway.budget_bytes);
     let peak = samples.iter().map(|s| mib(s.rss)).fold(0.0, f64::max);
-    // Show the budget line only when it is on the scale of what was measured.
-    let show_budget = budget < peak * 4.0;
+    // The budget line: always where the harness set a budget to reach (hostile runs), else
+    // only when it is on the scale of what was measured.
+    let show_budget = r.gateway.budget_set_by_harness || budget < peak * 4.0;
     let y_max = if show_budget { budget.max(peak) } else { peak } * 1.1;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
