@@ -49,6 +49,7 @@
 mod arena;
 mod config;
 mod error;
+mod heap;
 mod kind;
 mod pool;
 mod region;
@@ -57,6 +58,7 @@ mod slot;
 mod stats;
 
 pub use crate::arena::Arena;
+pub use crate::heap::give_back_free_heap;
 pub use crate::config::{ArenaConfig, PoolSpec};
 pub use crate::error::ArenaError;
 pub use crate::kind::{AudioBuf, FrameChunk, Pool, PoolKind, SurfaceDesc};

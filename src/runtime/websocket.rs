@@ -32,6 +32,8 @@ use super::rdp_client::{ConnectStep, Links, RdpClient};
 
 /// Room above one fragment in tungstenite's write buffer: a frame header and a pong.
 const MESSAGE_OVERHEAD: usize = 1 << 10;
+/// How long after a core's last session ends its freed heap is given back.
+const HEAP_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 /// Close code for "the RDP session ended"; the reason came first in a Disconnected message.
@@ -239,6 +241,20 @@ pub async fn run(
         info!(session = id, code = end.code, reason = %end.reason, "session ended");
     } else {
         warn!(session = id, code = end.code, reason = %end.reason, "session ended");
+    }
+    // When this was the core's last session, the heap its sessions used goes back to the
+    // kernel, as the arena's pages did when the share was released: a little later, once the
+    // connection's own buffers and sockets are gone too, and only if no session came since.
+    drop((session, writer, ws));
+    if core.arena.stats().sessions_admitted() == 0 {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(HEAP_SETTLE).await;
+            if core.arena.stats().sessions_admitted() == 0 {
+                arena::give_back_free_heap();
+            }
+        })
+        .detach();
     }
 }
 
