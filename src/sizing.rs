@@ -49,10 +49,15 @@ pub const KERNEL_SOCKBUF_FACTOR: u64 = 2;
 /// Bytes the arena spends per slot on bookkeeping outside the mapped region (the slab entry).
 pub const SLOT_METADATA: u64 = 16;
 
-/// Largest gateway-to-browser WebSocket message the session sends; tungstenite may hold one
-/// while the socket is full.
+/// Largest WebSocket frame the gateway writes; larger messages go out as fragments this size.
+pub const WS_FRAGMENT: usize = 16 << 10;
+/// Small messages gathered into one write to the browser.
+pub const WS_WRITE_BATCH: usize = 8 << 10;
+
+/// What tungstenite's write buffer may hold while the socket is full: a batch of small
+/// messages, one more frame (a pool chunk or a fragment) and a frame header.
 pub fn ws_write_reserve(pools: &Pools) -> u64 {
-    pools.frame_chunk.slot_size as u64 + (1 << 10)
+    (WS_WRITE_BATCH + pools.frame_chunk.slot_size.max(WS_FRAGMENT) + (1 << 10)) as u64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

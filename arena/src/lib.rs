@@ -58,9 +58,9 @@ mod slot;
 mod stats;
 
 pub use crate::arena::Arena;
-pub use crate::heap::give_back_free_heap;
 pub use crate::config::{ArenaConfig, PoolSpec};
 pub use crate::error::ArenaError;
+pub use crate::heap::give_back_free_heap;
 pub use crate::kind::{AudioBuf, FrameChunk, Pool, PoolKind, SurfaceDesc};
 pub use crate::share::SessionShare;
 pub use crate::slot::Slot;

@@ -24,14 +24,12 @@ use tungstenite::{Bytes, Message};
 use crate::protocol::State;
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
 use crate::session::{Action, Outbound, Phase, Session};
-use crate::sizing::WS_READ_BUFFER;
+use crate::sizing::{ws_write_reserve, WS_FRAGMENT, WS_READ_BUFFER, WS_WRITE_BATCH};
 use crate::telemetry::{CoreCounters, Direction};
 
 use super::core::Core;
 use super::rdp_client::{ConnectStep, Links, RdpClient};
 
-/// Room above one fragment in tungstenite's write buffer: a frame header and a pong.
-const MESSAGE_OVERHEAD: usize = 1 << 10;
 /// How long after a core's last session ends its freed heap is given back.
 const HEAP_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// RFC 6455 limits a close reason to 123 bytes.
@@ -69,10 +67,13 @@ pub async fn run(
     let max = core.settings.ws_max_message;
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        // One frame at a time: `poll_write` hands tungstenite the next frame only once the
-        // last is in the socket, and larger messages go out in fragments of `FRAGMENT`.
-        .max_write_buffer_size(FRAGMENT + MESSAGE_OVERHEAD)
+        // Small messages gather up to `WS_WRITE_BATCH` and go out in one write (a frame's
+        // StartFrame, Avc420 and EndFrame in one system call). tungstenite writes as soon as
+        // its buffer passes that, and `poll_write` hands it the next frame only while it is
+        // ready (its buffer at most `WS_WRITE_BATCH`), so it never holds more than the batch
+        // plus one fragment.
+        .write_buffer_size(WS_WRITE_BATCH)
+        .max_write_buffer_size(ws_write_reserve(&core.settings.pools) as usize)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let mut ws =
@@ -272,7 +273,7 @@ async fn flush(
 /// as a fragmented message of frames this size, cut from the one buffer it is in, so
 /// tungstenite never holds more than one fragment: its write buffer keeps its largest size
 /// for the life of the session.
-const FRAGMENT: usize = 16 << 10;
+const FRAGMENT: usize = WS_FRAGMENT;
 
 /// A large message being written fragment by fragment.
 #[derive(Default)]
