@@ -49,6 +49,9 @@ pub struct Report {
     pub machine: Machine,
 }
 
+/// Session counts of the sizing table.
+const SIZING_ROWS: [u64; 8] = [1, 10, 50, 100, 250, 500, 750, 1000];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpus: usize,
@@ -810,6 +813,26 @@ impl Report {
                 "| {} | {} | {} | {} |",
                 c.name, c.target, c.measured, status
             );
+        }
+        if let Some(per) = m.per_session_pss.filter(|_| self.hostile == 0) {
+            let _ = writeln!(
+                s,
+                "\nSizing from this run: measured memory = idle PSS {:.2} MiB + {:.2} MiB per session; the gateway budgets {:.2} MiB + {:.2} MiB per session (ceilings).\n",
+                mib(m.idle.pss),
+                mib(per),
+                mib(g.base_bytes),
+                mib(g.per_session_bytes)
+            );
+            let _ = writeln!(s, "| sessions | measured formula MiB | budgeted MiB |");
+            let _ = writeln!(s, "|---:|---:|---:|");
+            for n in SIZING_ROWS {
+                let _ = writeln!(
+                    s,
+                    "| {n} | {:.0} | {:.0} |",
+                    mib(m.idle.pss + per * n),
+                    mib(g.base_bytes + g.per_session_bytes * n)
+                );
+            }
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\nNotes:");
