@@ -314,12 +314,6 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 
 /// A pinned executor whose blocking pool (two threads: one accepts, one is free for other
 /// blocking calls) runs on the same CPU.
-/// How long an executor that ran out of work keeps polling before it sleeps: a busy core's
-/// next event usually comes within this, and catching it without a wake-up (two context
-/// switches) is what keeps frame latency low at hundreds of sessions. An idle core sleeps
-/// after it, so idle sessions still cost nothing.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
-
 fn build_executor(cpu: usize) -> Result<glommio::LocalExecutor, RuntimeError> {
     super::uring::preflight(cpu)?;
     let io_err = |detail: String| RuntimeError::IoUring { cpu, detail };
@@ -329,7 +323,6 @@ fn build_executor(cpu: usize) -> Result<glommio::LocalExecutor, RuntimeError> {
     LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("rdpwire-cpu{cpu}"))
         .io_memory(EXECUTOR_IO_MEMORY)
-        .spin_before_park(SPIN_BEFORE_PARK)
         .blocking_thread_pool_placement(PoolPlacement::Custom(vec![mine.clone(), mine]))
         .make()
         .map_err(|e| io_err(e.to_string()))
