@@ -6,12 +6,14 @@
 //! session: the limit is checked on the announcement, before the first byte is kept.
 //!
 //! IronRDP's own reassembly keeps its buffer's capacity after each message, so every session
-//! would hold on to the size of the largest key frame it ever received. Uncompressed fragments
-//! are therefore reassembled here, in a buffer of exactly the announced size that is freed
-//! once the message has been handed on, and IronRDP only ever sees whole messages.
-//! (Compressed fragments carry a per-channel decompression history only IronRDP holds, so
-//! they go to it as they are, within the same limit.)
+//! would hold on to the size of the largest key frame it ever received. Fragments are
+//! therefore reassembled here, in a buffer of exactly the announced size that is freed once
+//! the message has been handed on, and IronRDP only ever sees whole, uncompressed messages.
+//! Compressed fragments (RDP 8.0 Lite, which servers may use once the capabilities allow it)
+//! are decompressed here too, with one history per channel, so that reassembly and the
+//! large-message budget cover them as well.
 
+use ironrdp_bulk::rdp8::Rdp8Decompressor;
 use ironrdp_core::{encode_vec, impl_as_any};
 use ironrdp_dvc::pdu::{DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
 use ironrdp_dvc::DrdynvcClient;
@@ -35,6 +37,7 @@ const CMD_DATA_FIRST: u8 = 0x02;
 const CMD_DATA: u8 = 0x03;
 const CMD_CLOSE: u8 = 0x04;
 const CMD_DATA_FIRST_COMPRESSED: u8 = 0x06;
+const CMD_DATA_COMPRESSED: u8 = 0x07;
 
 /// A fragmented message being put together.
 #[derive(Debug)]
@@ -67,6 +70,8 @@ pub struct BoundedDrdynvc {
     needs: Option<usize>,
     /// Permits of finished messages whose access units are still on their way to the page.
     held: Vec<LargePermit>,
+    /// RDP 8.0 Lite histories, one per channel that sent compressed data.
+    decompressors: Vec<(u32, Rdp8Decompressor)>,
 }
 
 impl_as_any!(BoundedDrdynvc);
@@ -81,6 +86,7 @@ impl BoundedDrdynvc {
             large: None,
             needs: None,
             held: Vec::new(),
+            decompressors: Vec::new(),
         }
     }
 
@@ -193,6 +199,36 @@ fn announced_length(payload: &[u8]) -> Option<(u32, u32)> {
     Some((h.channel, h.len?))
 }
 
+impl BoundedDrdynvc {
+    /// Hands a whole message to IronRDP as one uncompressed Data PDU.
+    fn whole(&mut self, channel: u32, data: Vec<u8>) -> PduResult<Vec<SvcMessage>> {
+        let pdu = DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(channel, data)));
+        let bytes = encode_vec(&pdu).map_err(|e| pdu_other_err!("DVC Data", source: e))?;
+        drop(pdu);
+        self.inner.process(&bytes)
+    }
+
+    /// Undoes RDP 8.0 Lite compression with the channel's own history.
+    fn decompress(&mut self, channel: u32, compressed: &[u8]) -> PduResult<Vec<u8>> {
+        let i = match self.decompressors.iter().position(|(c, _)| *c == channel) {
+            Some(i) => i,
+            None => {
+                self.decompressors
+                    .push((channel, Rdp8Decompressor::new_lite()));
+                self.decompressors.len() - 1
+            }
+        };
+        let mut out = Vec::new();
+        match self.decompressors.get_mut(i) {
+            Some((_, d)) => d
+                .decompress(compressed, &mut out)
+                .map_err(|e| pdu_other_err!("DVC compressed data", source: e))?,
+            None => 0,
+        };
+        Ok(out)
+    }
+}
+
 impl SvcProcessor for BoundedDrdynvc {
     fn channel_name(&self) -> ChannelName {
         self.inner.channel_name()
@@ -208,10 +244,21 @@ impl SvcProcessor for BoundedDrdynvc {
 
     fn process(&mut self, payload: &[u8]) -> PduResult<Vec<SvcMessage>> {
         self.check(payload)?;
-        let Some(h) = header(payload) else {
+        let Some(mut h) = header(payload) else {
             return self.inner.process(payload);
         };
-        let data = payload.get(h.data_at..).unwrap_or(&[]);
+        let mut data = payload.get(h.data_at..).unwrap_or(&[]);
+        let decompressed;
+        let compressed = h.cmd == CMD_DATA_FIRST_COMPRESSED || h.cmd == CMD_DATA_COMPRESSED;
+        if compressed {
+            decompressed = self.decompress(h.channel, data)?;
+            data = &decompressed;
+            h.cmd = if h.cmd == CMD_DATA_COMPRESSED {
+                CMD_DATA
+            } else {
+                CMD_DATA_FIRST
+            };
+        }
         let at = self.partial.iter().position(|p| p.channel == h.channel);
         match (h.cmd, h.len, at) {
             (CMD_DATA_FIRST, Some(total), _) => {
@@ -223,9 +270,14 @@ impl SvcProcessor for BoundedDrdynvc {
                     self.partial.swap_remove(i);
                 }
                 let total = usize::try_from(total).unwrap_or(usize::MAX);
-                if data.len() >= total {
-                    // Whole already (or too long, which IronRDP refuses in its words).
-                    return self.inner.process(payload);
+                if data.len() > total {
+                    return Err(pdu_other_err!(
+                        "DVC DataFirst",
+                        "first block is longer than the message length"
+                    ));
+                }
+                if data.len() == total {
+                    return self.whole(h.channel, data.to_vec());
                 }
                 // `check` bounded `total` by the limit. A large message takes its room in the
                 // core's budget first, or waits for it with only this first block kept.
@@ -269,13 +321,7 @@ impl SvcProcessor for BoundedDrdynvc {
                 }
                 let whole = self.partial.swap_remove(i);
                 let total = whole.total;
-                let pdu = DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
-                    whole.channel,
-                    whole.data,
-                )));
-                let bytes = encode_vec(&pdu).map_err(|e| pdu_other_err!("DVC Data", source: e))?;
-                drop(pdu);
-                let replies = self.inner.process(&bytes);
+                let replies = self.whole(whole.channel, whole.data);
                 // What is left of the message is its access unit, on its way to the page.
                 if let Some(mut permit) = whole.permit {
                     permit.shrink_to(total);
@@ -283,8 +329,15 @@ impl SvcProcessor for BoundedDrdynvc {
                 }
                 replies
             }
-            (CMD_CLOSE, _, Some(i)) => {
-                self.partial.swap_remove(i);
+            (CMD_DATA, _, None) if compressed => {
+                // A whole message that came compressed.
+                self.whole(h.channel, data.to_vec())
+            }
+            (CMD_CLOSE, _, at) => {
+                if let Some(i) = at {
+                    self.partial.swap_remove(i);
+                }
+                self.decompressors.retain(|(c, _)| *c != h.channel);
                 self.inner.process(payload)
             }
             _ => self.inner.process(payload),

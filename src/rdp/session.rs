@@ -749,6 +749,62 @@ mod tests {
         );
     }
 
+    /// Compressed fragments (RDP 8.0 Lite) are decompressed per channel, reassembled like the
+    /// others and within the same limit; a compressed whole message goes through too.
+    #[test]
+    fn compressed_fragments_are_reassembled() {
+        use ironrdp_dvc::pdu::{DataCompressedPdu, DataFirstCompressedPdu};
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let frame = |frame_id: u32| {
+            let mut raw = encode_vec(&GfxPdu::StartFrame(StartFramePdu {
+                timestamp: Timestamp {
+                    milliseconds: 0,
+                    seconds: 0,
+                    minutes: 0,
+                    hours: 0,
+                },
+                frame_id,
+            }))
+            .unwrap();
+            raw.extend(encode_vec(&GfxPdu::EndFrame(EndFramePdu { frame_id })).unwrap());
+            raw
+        };
+        let mut raw = Vec::new();
+        for id in 0..60 {
+            raw.extend(frame(id));
+        }
+        // The graphics message (ZGFX-wrapped), then each part RDP 8.0 Lite-wrapped; an
+        // uncompressed segment is valid compressed data for either.
+        let message = zgfx::wrap_uncompressed(&raw);
+        let parts: Vec<&[u8]> = message.chunks(700).collect();
+        let total = u32::try_from(message.len()).unwrap();
+        let first = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirstCompressed(
+            DataFirstCompressedPdu::new(GFX_DVC, total, zgfx::wrap_uncompressed(parts[0])),
+        )));
+        s.process(Action::X224, &first, None, &mut out).unwrap();
+        for part in &parts[1..] {
+            let next = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataCompressed(
+                DataCompressedPdu::new(GFX_DVC, zgfx::wrap_uncompressed(part)),
+            )));
+            s.process(Action::X224, &next, None, &mut out).unwrap();
+        }
+        let events: Vec<_> = std::iter::from_fn(|| s.next_event()).collect();
+        assert_eq!(events.len(), 120);
+        // A whole message in one compressed Data PDU.
+        let one = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataCompressed(
+            DataCompressedPdu::new(
+                GFX_DVC,
+                zgfx::wrap_uncompressed(&zgfx::wrap_uncompressed(&frame(99))),
+            ),
+        )));
+        s.process(Action::X224, &one, None, &mut out).unwrap();
+        assert_eq!(
+            std::iter::from_fn(|| s.next_event()).last(),
+            Some(RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 99 }))
+        );
+    }
+
     /// Two sessions of one core share the large-message budget: while one holds it, the
     /// other's large message waits (its server is not read) until the first is on the page.
     #[test]
