@@ -506,10 +506,12 @@ impl Session {
         copy: impl FnOnce(&[u8]) -> R,
         take: impl FnOnce(Outbound) -> R,
     ) -> Option<R> {
-        if let Some(a) = &self.audio {
-            if a.with(|p| p.has_output()).unwrap_or(false) {
-                return a.with(|p| p.next_message(copy)).flatten();
-            }
+        if let Some(sound) = self
+            .audio
+            .as_ref()
+            .and_then(|a| a.with(|p| p.next_message(copy)).flatten())
+        {
+            return Some(sound);
         }
         self.out.pop_front().map(take)
     }

@@ -130,8 +130,9 @@ impl BoundedDrdynvc {
         self.refused.take()
     }
 
-    fn check(&mut self, payload: &[u8]) -> PduResult<()> {
-        let Some((channel, len)) = announced_length(payload) else {
+    /// Refuses a DataFirst (`h` of a PDU) announcing more than the limit.
+    fn check(&mut self, h: Option<&Header>) -> PduResult<()> {
+        let Some((channel, len)) = h.and_then(|h| Some((h.channel, h.len?))) else {
             return Ok(());
         };
         if usize::try_from(len).unwrap_or(usize::MAX) <= self.max_message {
@@ -192,13 +193,6 @@ fn header(payload: &[u8]) -> Option<Header> {
     })
 }
 
-/// Channel id and total length of a DataFirst PDU; `None` for any other PDU (or one too short
-/// to say, which IronRDP then refuses itself).
-fn announced_length(payload: &[u8]) -> Option<(u32, u32)> {
-    let h = header(payload)?;
-    Some((h.channel, h.len?))
-}
-
 impl BoundedDrdynvc {
     /// Hands a whole message to IronRDP as one uncompressed Data PDU.
     fn whole(&mut self, channel: u32, data: Vec<u8>) -> PduResult<Vec<SvcMessage>> {
@@ -243,8 +237,11 @@ impl SvcProcessor for BoundedDrdynvc {
     }
 
     fn process(&mut self, payload: &[u8]) -> PduResult<Vec<SvcMessage>> {
-        self.check(payload)?;
-        let Some(mut h) = header(payload) else {
+        // Parsed once for the limit and the reassembly; a PDU too short to say goes to IronRDP,
+        // which refuses it in its words.
+        let h = header(payload);
+        self.check(h.as_ref())?;
+        let Some(mut h) = h else {
             return self.inner.process(payload);
         };
         let mut data = payload.get(h.data_at..).unwrap_or(&[]);
@@ -365,18 +362,18 @@ mod tests {
     #[test]
     fn announced_lengths_are_read_in_every_field_width() {
         for (channel, len) in [(3, 200), (300, 70_000), (70_000, 5_000_000)] {
-            assert_eq!(
-                announced_length(&data_first(channel, len)),
-                Some((channel, len))
-            );
+            let h = header(&data_first(channel, len)).unwrap();
+            assert_eq!((h.channel, h.len), (channel, Some(len)));
         }
     }
 
     #[test]
     fn a_message_above_the_limit_is_refused_before_it_is_kept() {
         let mut d = BoundedDrdynvc::new(DrdynvcClient::new(), 1 << 20);
-        assert!(d.check(&data_first(7, 1 << 20)).is_ok());
-        assert!(d.check(&data_first(7, (1 << 20) + 1)).is_err());
+        assert!(d.check(header(&data_first(7, 1 << 20)).as_ref()).is_ok());
+        assert!(d
+            .check(header(&data_first(7, (1 << 20) + 1)).as_ref())
+            .is_err());
         assert_eq!(
             d.take_refusal(),
             Some(Oversize {
@@ -386,8 +383,8 @@ mod tests {
             })
         );
         // Not a DataFirst: nothing to check.
-        assert!(d.check(&[0x30, 7, 1, 2, 3]).is_ok());
-        assert!(d.check(&[]).is_ok());
+        assert!(d.check(header(&[0x30, 7, 1, 2, 3]).as_ref()).is_ok());
+        assert!(d.check(header(&[]).as_ref()).is_ok());
     }
 }
 
