@@ -4,31 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod demo_client;
+mod support;
 #[path = "support/tone.rs"]
 mod tone;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use rdpwire::demo::{DemoAudio, DemoOptions, DemoServer, Observed};
+use support::init_logs;
 
 const USER: &str = "demo";
 const PASS: &str = "demo-pass-123";
-
-fn init_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("RDPWIRE_TEST_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rdpwire=info"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    });
-}
 
 fn start() -> DemoServer {
     start_with(DemoAudio::default())

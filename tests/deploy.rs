@@ -5,6 +5,8 @@
 #[path = "support/browser.rs"]
 mod browser;
 mod support;
+#[path = "support/tone.rs"]
+mod tone;
 
 use std::collections::BTreeSet;
 use std::process::Command;

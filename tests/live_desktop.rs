@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdpwire::protocol::{FromBrowser, ToBrowser};
 use rdpwire::rdp::InputEvent;
-use support::{Gateway, Ws};
+use support::{Gateway, TempDir, Ws};
 use tungstenite::Message;
 
 /// Reads one protocol message (skipping WebSocket control frames).
@@ -25,17 +25,6 @@ fn next(ws: &mut Ws) -> Vec<u8> {
 }
 
 /// `next`, showing the gateway's log when nothing comes.
-fn next_logged(ws: &mut Ws, gw: &Gateway) -> Vec<u8> {
-    loop {
-        match ws.ws.read() {
-            Ok(Message::Binary(b)) => return b.to_vec(),
-            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
-            Ok(_) => {}
-            Err(e) => panic!("{e}\n{}", gw.log_text()),
-        }
-    }
-}
-
 fn hello(ws: &mut Ws, target: &str) {
     ws.hello();
     ws.send(&FromBrowser::ClientHello {
@@ -254,15 +243,6 @@ fn unknown_target_is_refused_in_words() {
 
 /// A gateway configured with the shadow server as target `shadow` (and `shadow-wrong`, the same
 /// server with a wrong password; `closed`, a port nobody listens on).
-/// Removes the test's configuration directory when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn gateway_for(server: &freerdp::ShadowServer) -> (Gateway, TempDir) {
     let dir = std::env::temp_dir().join(format!(
         "rdpwire-live-{}-{}",
@@ -357,7 +337,7 @@ fn stream_1080p(noisy: bool) {
     let started = Instant::now();
     let (mut frames, mut bytes, mut peak, mut largest) = (0u32, 0usize, 0u64, 0usize);
     while started.elapsed() < Duration::from_secs(4) {
-        let m = next_logged(&mut ws, &gw);
+        let m = ws.next_logged(&gw);
         bytes += m.len();
         largest = largest.max(m.len());
         match ToBrowser::decode(&m).unwrap() {

@@ -7,29 +7,17 @@
 
 mod support;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdpwire::demo::reel::{Reel, ReelProfile, MAX_ACCESS_UNIT};
 use rdpwire::demo::{stamp, Content, DemoAudio, DemoOptions, DemoServer};
 use rdpwire::protocol::{FromBrowser, ToBrowser};
-use support::{Gateway, Ws};
+use support::{init_logs, Gateway, TempDir, Ws};
 use tungstenite::Message;
 
 const USER: &str = "loadtest";
 const PASS: &str = "replay-pass-42";
-
-fn init_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("RDPWIRE_TEST_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rdpwire=info"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    });
-}
 
 fn replay_server(reel: Reel) -> DemoServer {
     init_logs();
@@ -42,15 +30,6 @@ fn replay_server(reel: Reel) -> DemoServer {
         max_connections: 32,
     })
     .unwrap()
-}
-
-/// Removes its directory when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The real gateway on one core with the replay server as the target `replay`, started with

@@ -13,14 +13,13 @@ mod freerdp;
 #[path = "support/tone.rs"]
 mod tone;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chromium::Chromium;
 use freerdp::ShadowServer;
-use support::{Gateway, BIN};
+use support::{Gateway, TempDir, BIN};
 
 /// One browser and one RDP server at a time: on a 2-core machine, two of each would make the
 /// latency figures meaningless.
@@ -32,15 +31,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Per channel, for pictures that went through H.264.
 const TOL: u8 = 12;
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A gateway with the shadow server as target `shadow`, and as `shadow-wrong` with a wrong
 /// password. Passwords reach the gateway through its own environment only.

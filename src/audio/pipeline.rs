@@ -317,14 +317,7 @@ mod tests {
     }
 
     fn decode(packets: &[(u64, u32, u32, Vec<u8>)]) -> Vec<f32> {
-        let mut dec = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
-        let mut left = Vec::new();
-        let mut buf = vec![0f32; 5760 * 2];
-        for (_, _, _, data) in packets {
-            let n = dec.decode_float(data, &mut buf, false).unwrap();
-            left.extend(buf[..n * 2].iter().step_by(2));
-        }
-        left
+        tone::opus_left(packets.iter().map(|p| p.3.as_slice()))
     }
 
     fn play(rate: u32, channels: u16, frame_ms: u64, wave_ms: u64) -> (Vec<u8>, Packets) {

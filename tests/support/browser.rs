@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use rdpwire::protocol::{FromBrowser, State, ToBrowser};
 use rdpwire::rdp::input::MouseButton;
 use rdpwire::rdp::InputEvent;
-use tungstenite::Message;
 
 use super::support::{Gateway, Ws};
 
@@ -22,14 +21,7 @@ pub struct Heard {
 
 impl Heard {
     pub fn pcm(&self) -> Vec<f32> {
-        let mut dec = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
-        let mut buf = vec![0f32; 5760 * 2];
-        let mut left = Vec::new();
-        for (_, _, p, _) in &self.packets {
-            let n = dec.decode_float(p, &mut buf, false).unwrap();
-            left.extend(buf[..n * 2].iter().step_by(2));
-        }
-        left
+        super::tone::opus_left(self.packets.iter().map(|(_, _, p, _)| p.as_slice()))
     }
 }
 
@@ -37,12 +29,7 @@ impl Heard {
 pub fn listen(ws: &mut Ws, gw: &Gateway, dur: Duration, heard: &mut Heard) {
     let until = Instant::now() + dur;
     while Instant::now() < until {
-        let m = match ws.ws.read() {
-            Ok(Message::Binary(b)) => b.to_vec(),
-            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
-            Ok(_) => continue,
-            Err(e) => panic!("{e}\n{}", gw.log_text()),
-        };
+        let m = ws.next_logged(gw);
         match ToBrowser::decode(&m).unwrap() {
             ToBrowser::AudioStart {
                 codec,
@@ -81,12 +68,7 @@ pub fn ping(ws: &mut Ws, gw: &Gateway, nonce: u64, heard: &mut Heard) {
     ws.send(&FromBrowser::Ping { nonce });
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let m = match ws.ws.read() {
-            Ok(Message::Binary(b)) => b.to_vec(),
-            Ok(Message::Close(f)) => panic!("closed: {f:?}\n{}", gw.log_text()),
-            Ok(_) => continue,
-            Err(e) => panic!("{e}\n{}", gw.log_text()),
-        };
+        let m = ws.next_logged(gw);
         match ToBrowser::decode(&m).unwrap() {
             ToBrowser::Pong { nonce: n } if n == nonce => return,
             ToBrowser::EndFrame { frame_id } => answer_frame(ws, heard, frame_id),

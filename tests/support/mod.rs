@@ -163,6 +163,21 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// The next browser-protocol message (control frames skipped); a close or an error fails
+    /// the test with the gateway's log.
+    pub fn next_logged(&mut self, gw: &Gateway) -> Vec<u8> {
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Binary(b)) => return b.to_vec(),
+                Ok(tungstenite::Message::Close(f)) => {
+                    panic!("closed: {f:?}\n{}", gw.log_text())
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}\n{}", gw.log_text()),
+            }
+        }
+    }
+
     /// Sends one browser-protocol message.
     pub fn send(&mut self, m: &rdpwire::protocol::FromBrowser) {
         self.ws
@@ -290,4 +305,26 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// A test's configuration directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Logs of in-process servers to the test output (`RDPWIRE_TEST_LOG`, default `rdpwire=info`).
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("RDPWIRE_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rdpwire=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }

@@ -1,8 +1,8 @@
 //! Tone analysis for audio tests: which frequency dominates a stretch of samples, and the
 //! sequence of tones in a recording. Independent of the code under test (a Goertzel scan, not
 //! the gateway's resampler or codec), so a wrong sample rate or dropped samples show up as a
-//! wrong frequency.
-#![allow(dead_code)]
+//! wrong frequency. Also the one Opus decoding the tests do (libopus, as a page would).
+#![allow(dead_code, clippy::unwrap_used)]
 
 /// Power of `freq` in `samples` (Goertzel).
 pub fn power(samples: &[f32], rate: u32, freq: f64) -> f64 {
@@ -97,6 +97,18 @@ fn measure(samples: &[f32], rate: u32, start: usize, len: usize) -> Tone {
         len,
         freq: dominant_frequency(body, rate),
     }
+}
+
+/// The left channel of Opus packets decoded at 48 kHz, stereo, in order.
+pub fn opus_left<'a>(packets: impl IntoIterator<Item = &'a [u8]>) -> Vec<f32> {
+    let mut dec = opus::Decoder::new(48_000, opus::Channels::Stereo).unwrap();
+    let mut buf = vec![0f32; 5760 * 2];
+    let mut left = Vec::new();
+    for p in packets {
+        let n = dec.decode_float(p, &mut buf, false).unwrap();
+        left.extend(buf[..n * 2].iter().step_by(2));
+    }
+    left
 }
 
 /// A sine of `freq` Hz, `secs` long, at `amplitude` (full scale 1.0).
