@@ -138,9 +138,9 @@ fn memory_over_time(r: &Report, path: &Path) -> Result<()> {
         .label("RSS")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
     chart
-        .draw_series(LineSeries::new(series(|s| s.pss), BLUE))
+        .draw_series(LineSeries::new(series(|s| s.anon), BLUE))
         .map_err(err)?
-        .label("PSS")
+        .label("anonymous (heap, arenas, stacks)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
     chart
         .draw_series(LineSeries::new(series(|s| s.tcp), GREEN))

@@ -104,7 +104,7 @@ pub struct Memory {
     /// Kernel TCP memory (whole machine, both ends of every loopback connection) per session.
     pub per_session_kernel_tcp: Option<u64>,
     pub max_sampled_rss: u64,
-    pub max_sampled_pss: u64,
+    pub max_sampled_anon: u64,
     /// The gateway's largest resident mappings at the end of the run (after the cycles).
     pub largest_mappings: Vec<crate::measure::Mapping>,
     /// Largest RSS + machine TCP memory of one sample.
@@ -774,10 +774,10 @@ impl Report {
             format!("{} / {}", self.failures.well_behaved, self.failures.hostile),
         );
         row(
-            "memory sampled every 100 ms: max PSS / RSS",
+            "memory sampled every 100 ms: max anonymous / RSS",
             format!(
                 "{:.2} / {:.2} MiB (budget {:.2} MiB)",
-                mib(m.max_sampled_pss),
+                mib(m.max_sampled_anon),
                 mib(m.max_sampled_rss),
                 mib(g.budget_bytes)
             ),

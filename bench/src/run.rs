@@ -518,7 +518,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
             after_kernel_tcp: after_tcp,
             cycles,
             max_sampled_rss: samples.iter().map(|s| s.rss).max().unwrap_or(0),
-            max_sampled_pss: samples.iter().map(|s| s.pss).max().unwrap_or(0),
+            max_sampled_anon: samples.iter().map(|s| s.anon).max().unwrap_or(0),
             largest_mappings,
             max_sampled_total: samples.iter().map(|s| s.rss + s.tcp).max().unwrap_or(0),
             samples,

@@ -37,8 +37,17 @@ use crate::rdp::{describe_io, InputEvent, RdpError, RdpEvent, Session};
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long everything from the first address to the first graphics may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// The framing buffer grows by at least this much when a read needs room.
-const READ_CHUNK: usize = 8 << 10;
+/// The most one read takes from the TLS stream: one TLS record's plaintext.
+const READ_CHUNK: usize = 16 << 10;
+
+thread_local! {
+    /// The core's read scratch. A read lands here and only what arrived is copied into the
+    /// session's framing buffer: reading straight into the buffer's spare room would mean
+    /// zeroing that room on every poll (safe code cannot read into uninitialised memory),
+    /// which cost more than the copy. One per executor thread, held only inside a poll.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
 
 /// What a session shares with its core and its browser side.
 #[derive(Default)]
@@ -574,19 +583,15 @@ impl<S: AsyncRead + Unpin> Future for ReadFut<'_, S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let filled = this.buf.len();
-        if this.buf.capacity() - filled < READ_CHUNK {
-            this.buf.reserve(READ_CHUNK);
-        }
-        let room = this.buf.capacity() - filled;
-        this.buf.resize(filled + room, 0);
-        let result = Pin::new(&mut *this.stream).poll_read(cx, &mut this.buf[filled..]);
-        let n = match &result {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        this.buf.truncate(filled + n);
-        result
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let result = Pin::new(&mut *this.stream).poll_read(cx, &mut scratch[..]);
+            if let Poll::Ready(Ok(n)) = &result {
+                this.buf
+                    .extend_from_slice(scratch.get(..*n).unwrap_or_default());
+            }
+            result
+        })
     }
 }
 
