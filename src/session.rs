@@ -728,8 +728,9 @@ mod tests {
             .encode(),
         )
         .unwrap();
-        let Some(Action::Connect { target, .. }) = s.poll_action() else {
-            panic!("no connect");
+        let target = match s.poll_action() {
+            Some(Action::Connect { target, .. }) => target,
+            other => unreachable!("no connect: {other:?}"),
         };
         assert_eq!(target, TargetRequest::Token(token));
         assert_eq!(target.to_string(), "(token)");

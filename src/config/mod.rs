@@ -463,6 +463,62 @@ mod tests {
     }
 
     #[test]
+    fn tokens_and_target_policy_from_the_file_and_the_environment() {
+        let hex = "00".repeat(32);
+        let env = |k: &str| (k == "KEY_A").then(|| hex.clone());
+        let s = Layers::default()
+            .with_file_text(
+                Path::new("gw.toml"),
+                "[tokens]\nkeys = [\"3=env:KEY_A\"]\nmax_ttl = \"2m\"\nreplay_cache = 100\n\
+                 [target_policy]\nallow = [\"10.0.0.0/8\", \"*.corp.example\"]\nports = [3389, \"5000-5001\"]\n",
+            )
+            .unwrap()
+            .resolve_with_env(&env)
+            .unwrap();
+        assert_eq!(s.tokens.keys.minting().unwrap().id, 3);
+        assert_eq!(s.tokens.max_ttl, Duration::from_secs(120));
+        assert_eq!(s.tokens.clock_skew, Duration::from_secs(30));
+        assert_eq!(
+            s.tokens.replay_bytes(),
+            100 * crate::token::replay::ENTRY_BYTES
+        );
+        let addr = |a: &str| [a.parse::<std::net::SocketAddr>().unwrap()];
+        assert!(s
+            .target_policy
+            .check("pc.corp.example", &addr("192.0.2.1:5001"))
+            .is_ok());
+        assert!(s
+            .target_policy
+            .check("pc.corp.example", &addr("192.0.2.1:22"))
+            .is_err());
+        assert!(s
+            .target_policy
+            .check("other", &addr("192.0.2.1:3389"))
+            .is_err());
+
+        let layers = Layers::new(explicit(&[(
+            "tokens.keys",
+            "1=env:MISSING",
+            Origin::Environment,
+        )]));
+        let e = layers.resolve_with_env(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.keys") && e.contains("MISSING is not set") && !e.contains(&hex),
+            "{e}"
+        );
+        let layers = Layers::new(explicit(&[(
+            "target_policy.allow",
+            "10.0.0.1/8",
+            Origin::CommandLine,
+        )]));
+        let e = layers.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("target_policy.allow") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn file_origin_is_reported() {
         let err = Layers::default()
             .with_file_text(Path::new("gw.toml"), "[server]\nlisten = \"nowhere\"\n")
