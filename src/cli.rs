@@ -10,6 +10,9 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::config::{keys, ConfigError, Explicit, Layers, Origin, Settings};
 use crate::demo::DemoAudio;
 
+/// The settings `rdpwire token` takes: the keys, and the lifetime bound it checks `--ttl` against.
+const MINTING_KEYS: &[&str] = &[keys::TOKEN_KEYS.flag, keys::TOKEN_MAX_TTL.flag];
+
 pub fn command() -> Command {
     let settings_args: Vec<Arg> = keys::ALL
         .iter()
@@ -102,7 +105,7 @@ pub fn command() -> Command {
                 .args(
                     settings_args
                         .iter()
-                        .filter(|a| a.get_id().as_str().starts_with("token-"))
+                        .filter(|a| MINTING_KEYS.contains(&a.get_id().as_str()))
                         .cloned(),
                 )
                 .arg(
@@ -177,7 +180,7 @@ pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
 pub fn mint_token(m: &ArgMatches) -> Result<zeroize::Zeroizing<String>, String> {
     let token_keys: Vec<keys::Key> = keys::ALL
         .iter()
-        .filter(|k| k.flag.starts_with("token-"))
+        .filter(|k| MINTING_KEYS.contains(&k.flag))
         .copied()
         .collect();
     let tokens = layers(m, &token_keys)

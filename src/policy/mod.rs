@@ -117,10 +117,6 @@ impl TargetPolicy {
         self.listeners = listeners;
     }
 
-    pub fn allowlist(&self) -> &[Allow] {
-        &self.allow
-    }
-
     /// Checks every address `host` resolved to; one refused address refuses the target, since
     /// the connection would try them all.
     pub fn check(&self, host: &str, addrs: &[SocketAddr]) -> Result<(), Denied> {
