@@ -10,6 +10,9 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::config::{keys, ConfigError, Explicit, Layers, Origin, Settings};
 use crate::demo::DemoAudio;
 
+/// The settings `rdpwire token` takes: the keys, and the lifetime bound it checks `--ttl` against.
+const MINTING_KEYS: &[&str] = &[keys::TOKEN_KEYS.flag, keys::TOKEN_MAX_TTL.flag];
+
 pub fn command() -> Command {
     let settings_args: Vec<Arg> = keys::ALL
         .iter()
@@ -94,6 +97,60 @@ pub fn command() -> Command {
                 ),
         )
         .subcommand(
+            Command::new("token")
+                .about(
+                    "Mint a connection token with the first of the configured token keys and print it (for scripts and tests; docs/security.md)",
+                )
+                .arg(config_arg.clone())
+                .args(
+                    settings_args
+                        .iter()
+                        .filter(|a| MINTING_KEYS.contains(&a.get_id().as_str()))
+                        .cloned(),
+                )
+                .arg(
+                    Arg::new("target")
+                        .long("target")
+                        .required(true)
+                        .value_name("HOST[:PORT]")
+                        .help("the RDP server: host:port, [ipv6]:port, or a host (port 3389)"),
+                )
+                .arg(
+                    Arg::new("tls")
+                        .long("tls")
+                        .value_name("POLICY")
+                        .default_value("verify")
+                        .help("how the gateway checks the server's certificate: verify, insecure or sha256:<64 hex digits>"),
+                )
+                .arg(
+                    Arg::new("user")
+                        .long("user")
+                        .required(true)
+                        .value_name("NAME")
+                        .help("the account to log on with"),
+                )
+                .arg(
+                    Arg::new("password-env")
+                        .long("password-env")
+                        .required(true)
+                        .value_name("VAR")
+                        .help("environment variable holding the password (never the password itself: `ps` would show it)"),
+                )
+                .arg(
+                    Arg::new("domain")
+                        .long("domain")
+                        .value_name("DOMAIN")
+                        .help("the account's domain"),
+                )
+                .arg(
+                    Arg::new("ttl")
+                        .long("ttl")
+                        .value_name("DURATION")
+                        .default_value("60s")
+                        .help("how long the token is valid (at most --token-max-ttl)"),
+                ),
+        )
+        .subcommand(
             Command::new("check-config")
                 .about("Validate the configuration and print the memory plan, then exit")
                 .arg(config_arg)
@@ -116,8 +173,80 @@ pub fn demo_audio(m: &ArgMatches) -> DemoAudio {
 
 /// Settings from a subcommand's matches: CLI and environment first, then the file.
 pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
+    layers(m, keys::ALL)?.resolve()
+}
+
+/// `rdpwire token`: mints a token for the target its flags name and returns it.
+pub fn mint_token(m: &ArgMatches) -> Result<zeroize::Zeroizing<String>, String> {
+    let token_keys: Vec<keys::Key> = keys::ALL
+        .iter()
+        .filter(|k| MINTING_KEYS.contains(&k.flag))
+        .copied()
+        .collect();
+    let tokens = layers(m, &token_keys)
+        .and_then(|l| l.resolve_tokens_with_env(&|k| std::env::var(k).ok()))
+        .map_err(|e| e.to_string())?;
+    let key = tokens.keys.minting().ok_or(
+        "no token key is configured: give --token-keys ID=file:PATH (or RDPWIRE_TOKEN_KEYS, or tokens.keys in --config)",
+    )?;
+    let arg = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
+    let (host, port) = parse_endpoint(&arg("target"))?;
+    let tls =
+        crate::rdp::target::parse_tls(&arg("tls"), None).map_err(|e| format!("--tls: {e}"))?;
+    let var = arg("password-env");
+    let password = std::env::var(&var).map_err(|_| format!("--password-env: {var} is not set"))?;
+    let ttl = humantime::parse_duration(&arg("ttl"))
+        .map_err(|e| format!("--ttl: not a duration ({e}); write e.g. 60s or 5m"))?;
+    if ttl < std::time::Duration::from_secs(1) || ttl > tokens.max_ttl {
+        return Err(format!(
+            "--ttl: must be between 1s and {} (--token-max-ttl); the gateway would refuse it",
+            humantime::format_duration(tokens.max_ttl)
+        ));
+    }
+    let target = crate::rdp::Target {
+        host,
+        port,
+        username: arg("user"),
+        password,
+        domain: m.get_one::<String>("domain").cloned(),
+        tls,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_owned())?
+        .as_secs();
+    crate::token::mint(key, &target, now, ttl, &ring::rand::SystemRandom::new())
+        .map_err(|e| e.to_string())
+}
+
+/// `host:port`, `[v6]:port`, `v6` or `host` (port 3389).
+fn parse_endpoint(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("--target: {text:?} is not host:port");
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let p = match tail.strip_prefix(':') {
+            Some(p) => port(p)?,
+            None if tail.is_empty() => 3389,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_owned(), p));
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok((text.to_owned(), 3389));
+    }
+    match text.rsplit_once(':') {
+        Some((host, p)) if !host.is_empty() => Ok((host.to_owned(), port(p)?)),
+        Some(_) => Err(bad()),
+        None if !text.is_empty() => Ok((text.to_owned(), 3389)),
+        None => Err(bad()),
+    }
+}
+
+/// The layers for the settings `keys` a subcommand has flags for.
+fn layers(m: &ArgMatches, keys: &[keys::Key]) -> Result<Layers, ConfigError> {
     let mut explicit = Explicit::new();
-    for k in keys::ALL {
+    for k in keys {
         if let Some(v) = m.get_one::<String>(k.flag) {
             let origin = match m.value_source(k.flag) {
                 Some(ValueSource::EnvVariable) => Origin::Environment,
@@ -130,7 +259,7 @@ pub fn settings(m: &ArgMatches) -> Result<Settings, ConfigError> {
     if let Some(path) = m.get_one::<PathBuf>("config") {
         layers = layers.with_file(path)?;
     }
-    layers.resolve()
+    Ok(layers)
 }
 
 #[cfg(test)]
@@ -141,6 +270,23 @@ mod tests {
     fn demo(args: &[&str]) -> Result<DemoAudio, clap::Error> {
         let m = command().try_get_matches_from([&["rdpwire", "demo"], args].concat())?;
         Ok(demo_audio(m.subcommand_matches("demo").unwrap()))
+    }
+
+    #[test]
+    fn token_targets() {
+        assert_eq!(
+            parse_endpoint("rdp.example:3390").unwrap(),
+            ("rdp.example".into(), 3390)
+        );
+        assert_eq!(
+            parse_endpoint("rdp.example").unwrap(),
+            ("rdp.example".into(), 3389)
+        );
+        assert_eq!(parse_endpoint("[::1]:3390").unwrap(), ("::1".into(), 3390));
+        assert_eq!(parse_endpoint("fe80::2").unwrap(), ("fe80::2".into(), 3389));
+        assert!(parse_endpoint("h:0").is_err());
+        assert!(parse_endpoint(":3389").is_err());
+        assert!(parse_endpoint("").is_err());
     }
 
     #[test]

@@ -7,12 +7,14 @@ pub mod config;
 pub mod demo;
 pub mod host;
 pub mod http;
+pub mod policy;
 pub mod protocol;
 pub mod rdp;
 pub mod runtime;
 pub mod session;
 pub mod sizing;
 pub mod telemetry;
+pub mod token;
 pub mod web;
 
 /// Tone analysis shared with the integration tests.

@@ -47,6 +47,18 @@ fn main() -> ExitCode {
     if name == "probe" {
         return probe(sub);
     }
+    if name == "token" {
+        return match cli::mint_token(sub) {
+            Ok(token) => {
+                println!("{}", token.as_str());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("rdpwire token: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let settings: Settings = match cli::settings(sub) {
         Ok(s) => s,
         Err(err) => {
@@ -129,6 +141,9 @@ fn demo(mut settings: Settings, audio: rdpwire::demo::DemoAudio) -> anyhow::Resu
     if settings.default_target.is_none() {
         settings.default_target = Some("demo".to_owned());
     }
+    // The demo desktop is on loopback, which the target policy refuses unless allowed: allow
+    // exactly its address, nothing else on loopback.
+    settings.target_policy.exempt(addr);
     runtime::serve(settings, |listen| {
         println!("rdpwire demo: open http://{listen}/ in a browser (the demo desktop is target \"demo\")");
     })?;

@@ -19,6 +19,13 @@ pub const MIN_DESKTOP: u16 = 200;
 pub const MAX_DESKTOP: u16 = 8192;
 /// Longest target name.
 pub const MAX_TARGET_NAME: usize = 64;
+/// Longest connection token (`token::MAX_TOKEN`), refused before it is decoded.
+pub const MAX_TOKEN: usize = crate::token::MAX_TOKEN;
+
+/// Close code: the connection token was refused; the reason says why (expired, used, …).
+pub const CLOSE_TOKEN_REFUSED: u16 = 4002;
+/// Close code: the target policy does not allow the target; the reason says why.
+pub const CLOSE_TARGET_REFUSED: u16 = 4003;
 
 pub mod types {
     pub const SERVER_HELLO: u8 = 0x01;
@@ -54,6 +61,7 @@ pub mod types {
     pub const UNICODE: u8 = 0x88;
     pub const RESIZE: u8 = 0x89;
     pub const AUDIO_BUFFER: u8 = 0x8a;
+    pub const TOKEN_HELLO: u8 = 0x8b;
 }
 
 /// Audio codecs the page decodes; only Opus so far.
@@ -209,6 +217,13 @@ pub enum FromBrowser {
         width: u16,
         height: u16,
         target: String,
+    },
+    /// The page's desktop size and a connection token naming the target (instead of a
+    /// ClientHello). The token is wiped when the message is dropped, and never printed.
+    TokenHello {
+        width: u16,
+        height: u16,
+        token: zeroize::Zeroizing<String>,
     },
     /// Every update of `frame_id` is on the page.
     FrameDecoded {
@@ -655,6 +670,15 @@ impl FromBrowser {
                 u16s(&mut v, &[*width, *height]);
                 v.extend_from_slice(target.as_bytes());
             }
+            FromBrowser::TokenHello {
+                width,
+                height,
+                token,
+            } => {
+                v.push(TOKEN_HELLO);
+                u16s(&mut v, &[*width, *height]);
+                v.extend_from_slice(token.as_bytes());
+            }
             FromBrowser::FrameDecoded {
                 frame_id,
                 frames_decoded,
@@ -730,6 +754,25 @@ impl FromBrowser {
                     width,
                     height,
                     target: target.to_owned(),
+                }
+            }
+            TOKEN_HELLO => {
+                let width = r.desktop_dim("width")?;
+                let height = r.desktop_dim("height")?;
+                let token = r.rest();
+                if token.len() > MAX_TOKEN {
+                    return Err(r.field(
+                        "token",
+                        format!("is {} bytes, longer than {MAX_TOKEN}", token.len()),
+                    ));
+                }
+                if token.is_empty() || !token.is_ascii() {
+                    return Err(r.field("token", "must be 1 or more ASCII characters".into()));
+                }
+                FromBrowser::TokenHello {
+                    width,
+                    height,
+                    token: zeroize::Zeroizing::new(String::from_utf8_lossy(token).into_owned()),
                 }
             }
             FRAME_DECODED => FromBrowser::FrameDecoded {
@@ -1074,6 +1117,11 @@ mod tests {
                 height: 720,
                 target: "office".into(),
             },
+            FromBrowser::TokenHello {
+                width: 1280,
+                height: 720,
+                token: zeroize::Zeroizing::new("AQE-_x".into()),
+            },
             FromBrowser::FrameDecoded {
                 frame_id: 9,
                 frames_decoded: 100,
@@ -1163,6 +1211,24 @@ mod tests {
         let mut hello = vec![1, CLIENT_HELLO, 0, 4, 0, 4];
         hello.extend(std::iter::repeat_n(b'a', 65));
         assert!(FromBrowser::decode(&hello).is_err());
+    }
+
+    #[test]
+    fn tokens_are_bounded_and_never_printed() {
+        use types::TOKEN_HELLO;
+        let mut hello = vec![1, TOKEN_HELLO, 0, 4, 0, 4];
+        hello.extend(std::iter::repeat_n(b'a', MAX_TOKEN + 1));
+        let e = FromBrowser::decode(&hello).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("token is 4097 bytes, longer than 4096"),
+            "{e}"
+        );
+        let e = FromBrowser::decode(&[1, TOKEN_HELLO, 0, 4, 0, 4]).unwrap_err();
+        assert!(e.to_string().contains("token must be"), "{e}");
+        hello.truncate(6 + MAX_TOKEN);
+        let m = FromBrowser::decode(&hello).unwrap();
+        assert!(!format!("{m:?}").contains("aaaa"), "{m:?}");
     }
 
     #[test]

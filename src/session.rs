@@ -49,12 +49,32 @@ impl Outbound {
     }
 }
 
+/// The target a page asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRequest {
+    /// A configured target by name; empty: the default target.
+    Named(String),
+    /// A connection token (wiped when dropped, never printed).
+    Token(zeroize::Zeroizing<String>),
+}
+
+/// For log lines: a name, never a token.
+impl std::fmt::Display for TargetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetRequest::Named(n) if n.is_empty() => f.write_str("(default)"),
+            TargetRequest::Named(n) => f.write_str(n),
+            TargetRequest::Token(_) => f.write_str("(token)"),
+        }
+    }
+}
+
 /// What the shell must do on the RDP side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Open the RDP connection to the named target (empty: the default target).
+    /// Open the RDP connection to the target the page asked for.
     Connect {
-        target: String,
+        target: TargetRequest,
         width: u16,
         height: u16,
     },
@@ -121,6 +141,8 @@ pub struct Session {
     tiles: Option<TileDecoder>,
     /// The session's sound, when the gateway plays audio; shared with the RDP audio channel.
     audio: Option<AudioSink>,
+    /// The close frame for an ending the page must tell apart (a refused token or target).
+    close: Option<(u16, String)>,
 }
 
 impl Session {
@@ -141,6 +163,7 @@ impl Session {
             bytes_in_flight: 0,
             tiles: None,
             audio: None,
+            close: None,
         };
         let hello = ToBrowser::ServerHello {
             session_id: id,
@@ -247,11 +270,27 @@ impl Session {
                     format!("connecting to {target}")
                 };
                 self.actions.push_back(Action::Connect {
-                    target,
+                    target: TargetRequest::Named(target),
                     width,
                     height,
                 });
                 self.status(State::Connecting, &text)
+            }
+            FromBrowser::TokenHello {
+                width,
+                height,
+                token,
+            } => {
+                if self.phase != Phase::AwaitHello {
+                    return Err(out_of_order("ClientHello sent twice".to_owned()));
+                }
+                self.phase = Phase::Connecting;
+                self.actions.push_back(Action::Connect {
+                    target: TargetRequest::Token(token),
+                    width,
+                    height,
+                });
+                self.status(State::Connecting, "connecting")
             }
             FromBrowser::FrameDecoded {
                 frame_id,
@@ -306,6 +345,19 @@ impl Session {
     /// Progress of the RDP connection, shown on the page.
     pub fn on_progress(&mut self, state: State, text: &str) {
         let _ = self.status(state, text);
+    }
+
+    /// The gateway will not open the connection (a refused token, a target the policy does
+    /// not allow): the page gets the reason, and the session ends with `close_code` and the
+    /// same reason, so a page or a portal can tell "mint a new token" from other endings.
+    pub fn on_refused(&mut self, close_code: u16, reason: &str) {
+        self.close = Some((close_code, reason.to_owned()));
+        self.on_rdp_end(reason);
+    }
+
+    /// The close code and reason of an ending `on_refused` decided; `None` for the others.
+    pub fn close_frame(&self) -> Option<(u16, &str)> {
+        self.close.as_ref().map(|(c, r)| (*c, r.as_str()))
     }
 
     /// The RDP side failed or ended: the page gets the reason, the session ends.
@@ -644,7 +696,7 @@ mod tests {
         assert_eq!(
             s.poll_action(),
             Some(Action::Connect {
-                target: "office".into(),
+                target: TargetRequest::Named("office".into()),
                 width: 1280,
                 height: 720
             })
@@ -660,6 +712,43 @@ mod tests {
         let e = s.handle_binary(&hello("office")).unwrap_err();
         assert_eq!(e.close_code(), 1002);
         assert!(e.to_string().contains("ClientHello sent twice"));
+    }
+
+    #[test]
+    fn a_token_hello_asks_for_a_connection_and_a_refusal_says_why() {
+        let a = arena(8);
+        let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+        let token = zeroize::Zeroizing::new("AQIDBAUG".to_owned());
+        s.handle_binary(
+            &FromBrowser::TokenHello {
+                width: 1280,
+                height: 720,
+                token: token.clone(),
+            }
+            .encode(),
+        )
+        .unwrap();
+        let target = match s.poll_action() {
+            Some(Action::Connect { target, .. }) => target,
+            other => unreachable!("no connect: {other:?}"),
+        };
+        assert_eq!(target, TargetRequest::Token(token));
+        assert_eq!(target.to_string(), "(token)");
+        assert!(s.handle_binary(&hello("office")).is_err());
+        drain(&mut s);
+        assert_eq!(s.close_frame(), None);
+        s.on_refused(4002, "the connection token has expired");
+        assert_eq!(s.phase(), Phase::Ended);
+        assert_eq!(
+            s.close_frame(),
+            Some((4002, "the connection token has expired"))
+        );
+        assert_eq!(
+            ToBrowser::decode(&drain(&mut s)[0]).unwrap(),
+            ToBrowser::Disconnected {
+                reason: "the connection token has expired".into()
+            }
+        );
     }
 
     fn active(a: &Arena) -> Session {

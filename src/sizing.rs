@@ -73,6 +73,8 @@ pub struct Inputs {
     pub audio: bool,
     /// Per core: the heap large graphics messages share (`Settings::large_frames`).
     pub large_frames: u64,
+    /// The process's table of redeemed connection tokens (`TokenSettings::replay_bytes`).
+    pub tokens: u64,
 }
 
 /// The budget split into its parts, for the start-up log, `check-config` and `/metrics`.
@@ -96,6 +98,8 @@ pub struct Base {
     pub pending_http: u64,
     /// Per core, the heap shared by large graphics messages (key frames above 16 KiB).
     pub large_frames: u64,
+    /// The table of redeemed connection tokens, one for the process; 0 without token keys.
+    pub tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +117,7 @@ pub struct PerSession {
 
 impl Base {
     pub fn total(&self) -> u64 {
-        self.process + self.executors + self.pending_http + self.large_frames
+        self.process + self.executors + self.pending_http + self.large_frames + self.tokens
     }
 }
 
@@ -163,6 +167,7 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         executors: cores * PER_EXECUTOR,
         pending_http: cores * i.max_pending_http as u64 * (HTTP_HEAD_LIMIT as u64 + browser_kernel),
         large_frames: cores * i.large_frames,
+        tokens: i.tokens,
     };
     let per = per_session.total();
     let budget_sessions =
@@ -229,6 +234,7 @@ mod tests {
             ws_max_message: s.ws_max_message,
             audio: s.audio.enabled,
             large_frames: s.large_frames() as u64,
+            tokens: s.tokens.replay_bytes(),
         }
     }
 

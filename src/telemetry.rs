@@ -62,6 +62,11 @@ pub struct CoreCounters {
     pub graphics_paused: AtomicU64,
     /// Times a large graphics message waited for room in its core's budget.
     pub large_frame_waits: AtomicU64,
+    /// Connection tokens taken, and refused (any reason).
+    pub tokens_redeemed: AtomicU64,
+    pub tokens_refused: AtomicU64,
+    /// Sessions whose target the target policy refused.
+    pub targets_refused: AtomicU64,
     bytes: [AtomicU64; 4],
 }
 
@@ -274,6 +279,27 @@ impl Telemetry {
             "counter",
             "Sessions closed with 1009 for an oversize browser message.",
             &one(self.sum(|c| c.ws_oversize_closes.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_connection_tokens_total",
+            "counter",
+            "Connection tokens presented by pages: redeemed, or refused (expired, used, not valid, ...).",
+            &[
+                (
+                    "{result=\"redeemed\"}".to_owned(),
+                    self.sum(|c| c.tokens_redeemed.load(Relaxed)),
+                ),
+                (
+                    "{result=\"refused\"}".to_owned(),
+                    self.sum(|c| c.tokens_refused.load(Relaxed)),
+                ),
+            ],
+        );
+        metric(
+            "rdpwire_targets_refused_total",
+            "counter",
+            "Sessions closed because the target policy does not allow their target.",
+            &one(self.sum(|c| c.targets_refused.load(Relaxed))),
         );
         metric(
             "rdpwire_audio_packets_total",

@@ -4,6 +4,7 @@
 
 #[path = "support/freerdp.rs"]
 mod freerdp;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,8 +46,16 @@ fn executor() -> LocalExecutor {
         .unwrap()
 }
 
+/// Default settings, with the shadow server's loopback address allowed as every test gateway
+/// allows it.
 fn settings() -> Settings {
-    Layers::new(Default::default()).resolve().unwrap()
+    let allow = (
+        support::LOOPBACK_ALLOW.to_owned(),
+        rdpwire::config::Origin::CommandLine,
+    );
+    Layers::new([("target_policy.allow", allow)].into_iter().collect())
+        .resolve()
+        .unwrap()
 }
 
 fn target(port: u16, password: &str, tls: TlsPolicy) -> Target {

@@ -199,6 +199,52 @@ fn a_close_without_disconnected_shows_the_close_reason() {
 }
 
 #[test]
+fn a_token_in_the_fragment_goes_in_the_hello_and_nowhere_else() {
+    let _turn = serial();
+    let server = PageServer::start();
+    let mut b = Chromium::launch();
+    let token = "AQLx2J9-token_under-test_8aZq";
+    b.navigate(&format!("{}#token={token}", server.url("?target=office")));
+    let mut peer = server.accept();
+    peer.send(wire::server_hello(5, 0, 65536));
+    match peer.next() {
+        FromPage::TokenHello {
+            width,
+            height,
+            token: sent,
+        } => {
+            assert_eq!(sent, token);
+            assert!(width >= 200 && height >= 200);
+        }
+        other => panic!("expected TokenHello, the page sent {other:?}"),
+    }
+    // Out of the address bar (and so out of the history) before anything else, the rest of
+    // the address kept; never in a request the browser made.
+    assert_eq!(b.eval("location.hash"), "");
+    assert_eq!(b.eval("location.search"), "?target=office");
+    assert_eq!(b.eval("rdpwire.stats().viaToken"), true);
+    for head in server.requests.lock().unwrap().iter() {
+        assert!(
+            !head.contains(token),
+            "the token reached the server in:\n{head}"
+        );
+    }
+
+    // A refused token: the page shows the gateway's words.
+    let reason = "the connection token was already used";
+    peer.send(wire::disconnected(reason));
+    peer.close(4002, reason);
+    b.wait_for("rdpwire.stats().state === 'disconnected'", SECS);
+    assert_eq!(b.status_text(), format!("disconnected: {reason}"));
+
+    // Reloaded, the page has no token any more: it asks for its named target.
+    b.eval("location.reload()");
+    let mut again = server.accept();
+    let (_, _, target) = again.handshake(6);
+    assert_eq!(target, "office");
+}
+
+#[test]
 fn fills_copies_and_cache_compose_the_screen() {
     let _turn = serial();
     let server = PageServer::start();

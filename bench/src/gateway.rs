@@ -71,6 +71,9 @@ impl Settings {
     pub fn start(&self) -> Result<Gateway> {
         let mut child = Command::new(&self.bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            // The harness's RDP servers are on loopback, which the target policy refuses
+            // unless allowed.
+            .args(["--target-allow", "127.0.0.1/32"])
             .args(self.shared_args())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())

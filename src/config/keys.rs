@@ -41,6 +41,18 @@ keys! {
         "target opened by a page that names none (a [targets.NAME] of the file)";
     ALLOWED_ORIGINS: "server.allowed_origins", "allowed-origins", "RDPWIRE_ALLOWED_ORIGINS", None,
         "web origins that may open sessions, comma-separated (e.g. https://portal.example); default: the gateway's own origin only; * allows any";
+    TOKEN_KEYS: "tokens.keys", "token-keys", "RDPWIRE_TOKEN_KEYS", None,
+        "keys for connection tokens, comma-separated ID=file:PATH or ID=env:VAR (ID 0-255; the file or variable holds 32 random bytes as 64 hex digits or base64); the first mints, at most two verify; default: tokens are refused";
+    TOKEN_MAX_TTL: "tokens.max_ttl", "token-max-ttl", "RDPWIRE_TOKEN_MAX_TTL", Some("5m"),
+        "longest lifetime (exp - iat) a connection token may have";
+    TOKEN_CLOCK_SKEW: "tokens.clock_skew", "token-clock-skew", "RDPWIRE_TOKEN_CLOCK_SKEW", Some("30s"),
+        "how far the minting portal's clock may be from the gateway's";
+    TOKEN_REPLAY_CACHE: "tokens.replay_cache", "token-replay-cache", "RDPWIRE_TOKEN_REPLAY_CACHE", Some("65536"),
+        "redeemed tokens remembered until they expire, so each is used once; when full, new tokens are refused until old ones expire";
+    TARGET_ALLOW: "target_policy.allow", "target-allow", "RDPWIRE_TARGET_ALLOW", None,
+        "targets the gateway may connect to, comma-separated networks (10.0.0.0/8, 192.0.2.7) and host names (rdp.example.com, *.corp.example); loopback, link-local, cloud metadata and other special addresses need a network inside their range (127.0.0.1/32); default: any host whose addresses are not special";
+    TARGET_PORTS: "target_policy.ports", "target-ports", "RDPWIRE_TARGET_PORTS", None,
+        "ports targets may use, comma-separated numbers or ranges (3389,3390-3399); default: any";
     LOG_FORMAT: "server.log_format", "log-format", "RDPWIRE_LOG_FORMAT", Some("human"),
         "log format: human or json";
     MEMORY_BUDGET: "memory.budget", "memory-budget", "RDPWIRE_MEMORY_BUDGET", None,

@@ -116,6 +116,10 @@ pub struct Settings {
     pub max_dvc_message: usize,
     /// Per core: the budget large graphics messages share (see `rdp::large`).
     pub large_frames: usize,
+    /// Connection tokens: keys, lifetimes, the replay table.
+    pub tokens: crate::token::TokenSettings,
+    /// Which servers targets may be, for named targets and tokens alike.
+    pub target_policy: crate::policy::TargetPolicy,
 }
 
 impl Settings {
@@ -234,6 +238,32 @@ impl Layers {
         })
     }
 
+    /// Only the `tokens.*` settings: what `rdpwire token` needs, without the targets'
+    /// passwords or anything else of the gateway's.
+    pub fn resolve_tokens_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::token::TokenSettings, ConfigError> {
+        use keys::*;
+        use parse::{count, duration};
+        let read = |p: &Path| std::fs::read_to_string(p);
+        let keys = self
+            .get(TOKEN_KEYS, |text| {
+                crate::token::KeyRing::parse(text, env, &read)
+            })?
+            .unwrap_or_default();
+        Ok(crate::token::TokenSettings {
+            keys,
+            max_ttl: self.req(TOKEN_MAX_TTL, |s| {
+                duration(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))
+            })?,
+            clock_skew: self.req(TOKEN_CLOCK_SKEW, |s| {
+                duration(s, Duration::ZERO, Duration::from_secs(600))
+            })?,
+            replay_cache: self.req(TOKEN_REPLAY_CACHE, |s| count(s, 1, 1 << 24))?,
+        })
+    }
+
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
         self.resolve_with_env(&|k| std::env::var(k).ok())
     }
@@ -298,6 +328,13 @@ impl Layers {
                 .unwrap_or_default(),
             max_dvc_message: self.req(MAX_DVC_MESSAGE, |s| size(s, 64 << 10, 64 << 20))?,
             large_frames: self.req(LARGE_FRAMES, |s| size(s, 1 << 20, 1 << 30))?,
+            tokens: self.resolve_tokens_with_env(env)?,
+            target_policy: crate::policy::TargetPolicy::new(
+                self.get(TARGET_ALLOW, crate::policy::parse_allowlist)?
+                    .unwrap_or_default(),
+                self.get(TARGET_PORTS, crate::policy::parse_port_list)?
+                    .unwrap_or_default(),
+            ),
             audio: crate::audio::AudioSettings {
                 enabled: self.req(AUDIO, bool_value)?,
                 bitrate: self.req(AUDIO_BITRATE, |s| {
@@ -423,6 +460,62 @@ mod tests {
         assert!(s.prefault);
         assert_eq!(s.pools.frame_chunk.slots_per_session, 32);
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn tokens_and_target_policy_from_the_file_and_the_environment() {
+        let hex = "00".repeat(32);
+        let env = |k: &str| (k == "KEY_A").then(|| hex.clone());
+        let s = Layers::default()
+            .with_file_text(
+                Path::new("gw.toml"),
+                "[tokens]\nkeys = [\"3=env:KEY_A\"]\nmax_ttl = \"2m\"\nreplay_cache = 100\n\
+                 [target_policy]\nallow = [\"10.0.0.0/8\", \"*.corp.example\"]\nports = [3389, \"5000-5001\"]\n",
+            )
+            .unwrap()
+            .resolve_with_env(&env)
+            .unwrap();
+        assert_eq!(s.tokens.keys.minting().unwrap().id, 3);
+        assert_eq!(s.tokens.max_ttl, Duration::from_secs(120));
+        assert_eq!(s.tokens.clock_skew, Duration::from_secs(30));
+        assert_eq!(
+            s.tokens.replay_bytes(),
+            100 * crate::token::replay::ENTRY_BYTES
+        );
+        let addr = |a: &str| [a.parse::<std::net::SocketAddr>().unwrap()];
+        assert!(s
+            .target_policy
+            .check("pc.corp.example", &addr("192.0.2.1:5001"))
+            .is_ok());
+        assert!(s
+            .target_policy
+            .check("pc.corp.example", &addr("192.0.2.1:22"))
+            .is_err());
+        assert!(s
+            .target_policy
+            .check("other", &addr("192.0.2.1:3389"))
+            .is_err());
+
+        let layers = Layers::new(explicit(&[(
+            "tokens.keys",
+            "1=env:MISSING",
+            Origin::Environment,
+        )]));
+        let e = layers.resolve_with_env(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.keys") && e.contains("MISSING is not set") && !e.contains(&hex),
+            "{e}"
+        );
+        let layers = Layers::new(explicit(&[(
+            "target_policy.allow",
+            "10.0.0.1/8",
+            Origin::CommandLine,
+        )]));
+        let e = layers.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("target_policy.allow") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::rdp::target::parse_fingerprint;
-use crate::rdp::{Target, TlsPolicy};
+use crate::rdp::target::parse_tls;
+use crate::rdp::Target;
 
 use super::{ConfigError, Origin};
 
@@ -91,23 +91,8 @@ pub fn parse(
             }
         }
         let tls_text = text("tls")?.unwrap_or_else(|| "verify".to_owned());
-        let tls = match tls_text.as_str() {
-            "verify" => TlsPolicy::Verify { ca_file },
-            "insecure" => TlsPolicy::Insecure,
-            other => match other.strip_prefix("sha256:") {
-                Some(fp) => TlsPolicy::Fingerprint(
-                    parse_fingerprint(fp)
-                        .map_err(|e| invalid("tls", tls_text.clone(), e.to_string()))?,
-                ),
-                None => {
-                    return Err(invalid(
-                        "tls",
-                        tls_text.clone(),
-                        "must be verify, insecure or sha256:<64 hex digits>".into(),
-                    ))
-                }
-            },
-        };
+        let tls =
+            parse_tls(&tls_text, ca_file).map_err(|why| invalid("tls", tls_text.clone(), why))?;
         out.insert(
             name.clone(),
             Target {
@@ -127,6 +112,7 @@ pub fn parse(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::rdp::TlsPolicy;
 
     fn env(k: &str) -> Option<String> {
         (k == "OFFICE_PW").then(|| "s3cret".to_owned())

@@ -76,6 +76,11 @@ pub enum RdpError {
     Resolve { host: String, why: String },
     #[error("cannot reach {endpoint}: {why}")]
     Unreachable { endpoint: String, why: String },
+    #[error("the target {endpoint} is not allowed: {why}")]
+    NotAllowed {
+        endpoint: String,
+        why: crate::policy::Denied,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("authentication failed for user '{user}': the server rejected the credentials")]

@@ -39,6 +39,14 @@ impl Target {
     }
 }
 
+/// The password is wiped when a target is dropped: a token's targets are built per session,
+/// and a copy left in freed memory would outlive the session.
+impl Drop for Target {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
 /// The password never reaches a log line.
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,6 +83,37 @@ impl fmt::Debug for TlsPolicy {
             TlsPolicy::Fingerprint(d) => write!(f, "Fingerprint({})", fingerprint_text(d)),
             TlsPolicy::Insecure => f.write_str("Insecure"),
         }
+    }
+}
+
+impl TlsPolicy {
+    /// The policy as the configuration and tokens write it (`verify`, `insecure`,
+    /// `sha256:<hex>`); `None` for a CA file, which has no such name.
+    pub fn name(&self) -> Option<String> {
+        match self {
+            TlsPolicy::Verify { ca_file: None } => Some("verify".to_owned()),
+            TlsPolicy::Verify { ca_file: Some(_) } => None,
+            TlsPolicy::Insecure => Some("insecure".to_owned()),
+            TlsPolicy::Fingerprint(d) => Some(format!(
+                "sha256:{}",
+                d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// Reads a policy name (`verify`, `insecure`, `sha256:<64 hex digits>`); `verify` checks
+/// against the system's roots plus `ca_file`.
+pub fn parse_tls(text: &str, ca_file: Option<PathBuf>) -> Result<TlsPolicy, String> {
+    match text {
+        "verify" => Ok(TlsPolicy::Verify { ca_file }),
+        "insecure" => Ok(TlsPolicy::Insecure),
+        other => match other.strip_prefix("sha256:") {
+            Some(fp) => parse_fingerprint(fp)
+                .map(TlsPolicy::Fingerprint)
+                .map_err(|e| e.to_string()),
+            None => Err("must be verify, insecure or sha256:<64 hex digits>".to_owned()),
+        },
     }
 }
 

@@ -8,7 +8,7 @@
 //! Accepting runs in the executor's blocking-pool thread (pinned to the same CPU): it gives a
 //! plain socket whose options can be set without `unsafe`, and glommio adopts it from there.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -38,6 +38,30 @@ pub fn bind_all(
         out.push(Arc::new(l));
     }
     Ok(out)
+}
+
+/// The gateway's listener as the target policy must know it: with a wildcard address, every
+/// address of the host's interfaces reaches it. Interfaces added later are not seen; the
+/// loopback range is covered whatever the interfaces say.
+pub fn own_listener(addr: SocketAddr) -> crate::policy::Listener {
+    let mut local_ips = Vec::new();
+    if addr.ip().is_unspecified() {
+        match nix::ifaddrs::getifaddrs() {
+            Ok(interfaces) => {
+                for a in interfaces.filter_map(|i| i.address) {
+                    if let Some(v4) = a.as_sockaddr_in() {
+                        local_ips.push(IpAddr::V4(v4.ip()));
+                    } else if let Some(v6) = a.as_sockaddr_in6() {
+                        local_ips.push(IpAddr::V6(v6.ip()));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot list the host's addresses; the target policy knows only loopback as the gateway's own");
+            }
+        }
+    }
+    crate::policy::Listener { addr, local_ips }
 }
 
 fn bind_one(addr: SocketAddr, buffers: &SocketBuffers) -> std::io::Result<TcpListener> {

@@ -1,5 +1,6 @@
 //! One executor: its arena, its listener, its sessions. Nothing here is shared with another
-//! core except the telemetry counters it writes.
+//! core except the telemetry counters it writes and the token redeemer, whose lock is taken
+//! once per session start.
 
 use std::cell::Cell;
 use std::net::TcpListener;
@@ -35,6 +36,9 @@ pub struct Core {
     pub capacity: usize,
     /// The budget its sessions' large graphics messages share.
     pub large: crate::rdp::large::LargeBudget,
+    /// Opens connection tokens; one for the process (its replay table must be one table).
+    /// `None` when no token keys are configured.
+    pub tokens: Option<Arc<crate::token::Redeemer>>,
 }
 
 impl Core {

@@ -38,6 +38,8 @@ pub enum RuntimeError {
     ExecutorLost { cpu: usize },
     #[error("executor for CPU {cpu} failed: {message}")]
     ExecutorPanicked { cpu: usize, message: String },
+    #[error("cannot set up connection tokens: {0}")]
+    Tokens(crate::token::TokenError),
 }
 
 /// Turns glommio's set-up error into what happened and how to fix it.

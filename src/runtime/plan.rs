@@ -50,6 +50,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, RuntimeError> {
         ws_max_message: settings.ws_max_message,
         audio: settings.audio.enabled,
         large_frames: settings.large_frames() as u64,
+        tokens: settings.tokens.replay_bytes(),
     })?;
     Ok(Plan {
         cpus,
@@ -74,7 +75,7 @@ impl Plan {
         format!(
             "executors: {} on CPUs {} (allowed: {})\n\
              memory budget: {} ({source})\n\
-             base: {} = process {} + executors {} + pending HTTP {} + large frames {}\n\
+             base: {} = process {} + executors {} + pending HTTP {} + large frames {} + tokens {}\n\
              per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {} + audio {}\n\
              max sessions: {}{} split per core {:?}",
             self.cpus.len(),
@@ -86,6 +87,7 @@ impl Plan {
             Human(s.base.executors),
             Human(s.base.pending_http),
             Human(s.base.large_frames),
+            Human(s.base.tokens),
             Human(s.per_session.total()),
             Human(s.per_session.pools),
             Human(s.per_session.kernel_sockets),
@@ -120,6 +122,7 @@ impl Plan {
                 "executors": s.base.executors,
                 "pending_http": s.base.pending_http,
                 "large_frames": s.base.large_frames,
+                "tokens": s.base.tokens,
             },
             "per_session": {
                 "pools": s.per_session.pools,

@@ -424,8 +424,10 @@ async fn connect_inner(
     })
 }
 
-/// Resolves the host (off the executor when it is a name) and connects to the first address
-/// that answers, with `TCP_NODELAY` and the configured socket buffers.
+/// Resolves the host (off the executor when it is a name), checks every address against the
+/// target policy and connects to the first of exactly those addresses that answers, with
+/// `TCP_NODELAY` and the configured socket buffers. There is no second look-up: what was
+/// checked is what is connected to.
 async fn tcp_connect(target: &Target, settings: &Settings) -> Result<TcpStream, RdpError> {
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
@@ -451,6 +453,13 @@ async fn tcp_connect(target: &Target, settings: &Settings) -> Result<TcpStream, 
             }
         }
     };
+    settings
+        .target_policy
+        .check(&target.host, &addrs)
+        .map_err(|why| RdpError::NotAllowed {
+            endpoint: target.endpoint(),
+            why,
+        })?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect_timeout(addr, TCP_CONNECT_TIMEOUT).await {

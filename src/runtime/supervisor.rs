@@ -41,7 +41,7 @@ enum Note {
 /// Runs the gateway until a signal and a drain complete. `on_listening` gets the bound
 /// address once every executor accepts (the demo uses it to print the URL).
 pub fn serve(
-    settings: Settings,
+    mut settings: Settings,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), RuntimeError> {
     let plan = plan(&settings)?;
@@ -69,6 +69,12 @@ pub fn serve(
         .first()
         .and_then(|l| l.local_addr().ok())
         .unwrap_or(settings.listen);
+    settings
+        .target_policy
+        .set_listeners(vec![accept::own_listener(addr)]);
+    let tokens = crate::token::Redeemer::new(&settings.tokens)
+        .map_err(RuntimeError::Tokens)?
+        .map(Arc::new);
     let stopping = Arc::new(AtomicBool::new(false));
     let settings = Arc::new(settings);
     let (tx, rx) = mpsc::channel::<Note>();
@@ -107,6 +113,7 @@ pub fn serve(
             capacity,
             listener.clone(),
             settings.clone(),
+            tokens.clone(),
             telemetry.clone(),
             stopping.clone(),
             tx.clone(),
@@ -216,6 +223,7 @@ fn spawn_executor(
     capacity: usize,
     listener: Arc<TcpListener>,
     settings: Arc<Settings>,
+    tokens: Option<Arc<crate::token::Redeemer>>,
     telemetry: Arc<Telemetry>,
     stopping: Arc<AtomicBool>,
     tx: mpsc::Sender<Note>,
@@ -286,6 +294,7 @@ fn spawn_executor(
                 pending_http: std::cell::Cell::new(0),
                 capacity,
                 large: crate::rdp::large::LargeBudget::new(large_frames),
+                tokens,
             });
             let _ = tx.send(Note::Ready);
             ex.run(core.run(listener, stopping));

@@ -21,11 +21,12 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
-use crate::protocol::State;
+use crate::protocol::{State, CLOSE_TARGET_REFUSED, CLOSE_TOKEN_REFUSED};
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
-use crate::session::{Action, Outbound, Phase, Session};
+use crate::session::{Action, Outbound, Phase, Session, TargetRequest};
 use crate::sizing::{ws_write_reserve, WS_FRAGMENT, WS_READ_BUFFER, WS_WRITE_BATCH};
 use crate::telemetry::{CoreCounters, Direction};
+use crate::token::{Redeemed, TokenError};
 
 use super::core::Core;
 use super::rdp_client::{ConnectStep, Links, RdpClient};
@@ -113,12 +114,11 @@ pub async fn run(
             if let Some(Err(end)) = written {
                 break end;
             }
-            break close(
-                &mut ws,
-                CLOSE_RDP_ENDED,
-                "the remote desktop session ended".into(),
-            )
-            .await;
+            let (code, reason) = session
+                .close_frame()
+                .unwrap_or((CLOSE_RDP_ENDED, "the remote desktop session ended"));
+            let reason = reason.to_owned();
+            break close(&mut ws, code, reason).await;
         }
         count(&counters, &mut session, rdp.as_mut());
         CoreCounters::add(&counters.large_frame_waits, core.large.take_waits());
@@ -197,7 +197,11 @@ pub async fn run(
                 last_heard = std::time::Instant::now();
                 counters.add_bytes(Direction::BrowserIn, msg.len());
                 let res = match msg {
-                    Message::Binary(b) => session.handle_binary(&b),
+                    Message::Binary(b) => {
+                        let res = session.handle_binary(&b);
+                        wipe_token(b);
+                        res
+                    }
                     Message::Text(_) => session.handle_text(),
                     Message::Close(_) => {
                         break End {
@@ -399,15 +403,33 @@ async fn run_actions(
                 width,
                 height,
             } => {
-                let t = match resolve_target(core, &target) {
-                    Ok(t) => t,
-                    Err(reason) => {
-                        session.on_rdp_end(&reason);
-                        continue;
-                    }
+                let t = match &target {
+                    TargetRequest::Named(name) => match resolve_target(core, name) {
+                        Ok(t) => t,
+                        Err(reason) => {
+                            session.on_rdp_end(&reason);
+                            continue;
+                        }
+                    },
+                    TargetRequest::Token(token) => match redeem(core, token, id) {
+                        Ok(t) => {
+                            session.on_progress(
+                                State::Connecting,
+                                &format!("connecting to {}", t.endpoint()),
+                            );
+                            t
+                        }
+                        Err(err) => {
+                            CoreCounters::inc(&counters.tokens_refused);
+                            session.on_refused(CLOSE_TOKEN_REFUSED, &err.to_string());
+                            continue;
+                        }
+                    },
                 };
+                let label = target.to_string();
+                drop(target);
                 let size = DesktopSize { width, height };
-                info!(session = id, target = %target, host = %t.host, width, height, "connecting");
+                info!(session = id, target = %label, host = %t.host, port = t.port, width, height, "connecting");
                 // Steps reached while connecting go to the page as they happen.
                 let step = std::cell::Cell::new(None);
                 let stepped = event_listener::Event::new();
@@ -472,6 +494,11 @@ async fn run_actions(
                         *rdp = Some(client);
                         Ok(())
                     }
+                    Some(Err(err @ RdpError::NotAllowed { .. })) => {
+                        CoreCounters::inc(&counters.targets_refused);
+                        session.on_refused(CLOSE_TARGET_REFUSED, &err.to_string());
+                        continue;
+                    }
                     Some(Err(err)) => Err(err),
                 }
             }
@@ -509,6 +536,36 @@ async fn run_actions(
         }
     }
     None
+}
+
+/// Opens and takes a connection token. The time is the wall clock: token times are the
+/// portal's wall clock too, and the skew setting covers the difference.
+fn redeem(core: &Core, token: &str, session: u64) -> Result<Target, TokenError> {
+    let redeemer = core.tokens.as_ref().ok_or(TokenError::Disabled)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match redeemer.redeem(token, now) {
+        Ok(Redeemed { id, target }) => {
+            CoreCounters::inc(&core.counters.tokens_redeemed);
+            info!(session, token_id = %id, host = %target.host, port = target.port, user = %target.username, "connection token redeemed");
+            Ok(target)
+        }
+        Err(err) => {
+            warn!(session, reason = %err, "connection token refused");
+            Err(err)
+        }
+    }
+}
+
+/// Wipes a browser message that may have held a token, when this copy is the only one (the
+/// WebSocket layer may share the buffer; then it is overwritten by later reads instead).
+fn wipe_token(msg: Bytes) {
+    if msg.get(1) == Some(&crate::protocol::types::TOKEN_HELLO) {
+        if let Ok(mut owned) = msg.try_into_mut() {
+            zeroize::Zeroize::zeroize(&mut owned[..]);
+        }
+    }
 }
 
 /// The configured target a page asked for, by name; empty means the default target.

@@ -40,6 +40,7 @@ const KEY = 0x87;
 const UNICODE = 0x88;
 const RESIZE = 0x89;
 const AUDIO_BUFFER = 0x8a;
+const TOKEN_HELLO = 0x8b;
 
 // AudioStart.codec values.
 export const AUDIO_CODEC_OPUS = 1;
@@ -176,6 +177,16 @@ export function clientHello(width, height, target) {
     v.setUint16(2, width, true);
     v.setUint16(4, height, true);
     new Uint8Array(v.buffer, 6).set(name);
+  });
+}
+
+// The hello of a page opened with a connection token (`/#token=…`) instead of a target name.
+export function tokenHello(width, height, token) {
+  const text = new TextEncoder().encode(token);
+  return message(TOKEN_HELLO, 4 + text.byteLength, (v) => {
+    v.setUint16(2, width, true);
+    v.setUint16(4, height, true);
+    new Uint8Array(v.buffer, 6).set(text);
   });
 }
 

@@ -26,6 +26,16 @@ const MAX_SIZE = 8192;
 // Close codes that mean something went wrong, rather than the session simply ending.
 const ERROR_CLOSES = new Set([1002, 1003, 1007, 1008, 1009, 1011]);
 
+// A connection token comes in the address's fragment (`/#token=…`), which browsers never send
+// to a server. It is taken out of the address bar before anything else happens, so it is not
+// kept in the history, shown, bookmarked or copied along with the address; it goes to the
+// gateway once, in the hello, and the page forgets it.
+let token = (() => {
+  const found = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (found !== null) history.replaceState(history.state, "", location.pathname + location.search);
+  return found || "";
+})();
+
 const screen = document.getElementById("screen");
 const statusLine = document.getElementById("status");
 const overlay = document.getElementById("stats");
@@ -37,6 +47,7 @@ const stats = {
   sessionId: null,
   core: null,
   target: new URLSearchParams(location.search).get("target") || "",
+  viaToken: token !== "", // the page was opened with a connection token
   requested: null,     // {width, height} asked for, in ClientHello or the last Resize
   resizes: 0,          // Resize messages sent
   width: 0,            // desktop size
@@ -314,7 +325,12 @@ function onMessage(buf) {
       stats.sessionId = m.sessionId.toString();
       stats.core = m.core;
       stats.requested = wantedSize();
-      send(proto.clientHello(stats.requested.width, stats.requested.height, stats.target));
+      if (token) {
+        send(proto.tokenHello(stats.requested.width, stats.requested.height, token));
+        token = "";
+      } else {
+        send(proto.clientHello(stats.requested.width, stats.requested.height, stats.target));
+      }
       ping();
       pingTimer = setInterval(ping, PING_INTERVAL_MS);
       break;

@@ -13,6 +13,13 @@ use tungstenite::WebSocket;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rdpwire");
 
+/// The test RDP servers (the demo desktop in the test process, FreeRDP's shadow server) listen
+/// on 127.0.0.1, which the target policy refuses by default. Every gateway a test starts
+/// allows exactly that address, through `RDPWIRE_TARGET_ALLOW`, unless the test sets or
+/// removes that variable on its command itself (as the policy tests do).
+pub const LOOPBACK_ALLOW: &str = "127.0.0.1/32";
+pub const TARGET_ALLOW_ENV: &str = "RDPWIRE_TARGET_ALLOW";
+
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
@@ -55,6 +62,9 @@ impl Gateway {
             cmd.arg(sub);
         } else {
             cmd.arg(BIN).arg(sub);
+        }
+        if !cmd.get_envs().any(|(k, _)| k == TARGET_ALLOW_ENV) {
+            cmd.env(TARGET_ALLOW_ENV, LOOPBACK_ALLOW);
         }
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -19,6 +19,8 @@ use crate::wire::{decode_from_page, pong, FromPage};
 
 pub struct PageServer {
     pub addr: SocketAddr,
+    /// Every request head the server received, in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
     sessions: mpsc::Receiver<WebSocket<TcpStream>>,
     stop: Arc<AtomicBool>,
 }
@@ -29,8 +31,10 @@ impl PageServer {
         let addr = listener.local_addr().unwrap();
         let (tx, sessions) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         {
             let stop = stop.clone();
+            let requests = requests.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -38,12 +42,14 @@ impl PageServer {
                     }
                     let Ok(stream) = stream else { continue };
                     let tx = tx.clone();
-                    std::thread::spawn(move || serve(stream, tx));
+                    let requests = requests.clone();
+                    std::thread::spawn(move || serve(stream, tx, requests));
                 }
             });
         }
         PageServer {
             addr,
+            requests,
             sessions,
             stop,
         }
@@ -80,7 +86,11 @@ impl Drop for PageServer {
 }
 
 /// One HTTP request: an asset, or the WebSocket upgrade on `/ws`.
-fn serve(mut stream: TcpStream, sessions: mpsc::Sender<WebSocket<TcpStream>>) {
+fn serve(
+    mut stream: TcpStream,
+    sessions: mpsc::Sender<WebSocket<TcpStream>>,
+    requests: Arc<Mutex<Vec<String>>>,
+) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -103,6 +113,7 @@ fn serve(mut stream: TcpStream, sessions: mpsc::Sender<WebSocket<TcpStream>>) {
         std::thread::sleep(Duration::from_millis(2));
     };
     let text = String::from_utf8_lossy(&head[..n]).to_string();
+    requests.lock().unwrap().push(text.clone());
     let path = text
         .split_whitespace()
         .nth(1)

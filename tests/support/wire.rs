@@ -207,6 +207,11 @@ pub enum FromPage {
         height: u16,
         target: String,
     },
+    TokenHello {
+        width: u16,
+        height: u16,
+        token: String,
+    },
     FrameDecoded {
         frame_id: u32,
         frames_decoded: u32,
@@ -270,6 +275,14 @@ pub fn decode_from_page(m: &[u8]) -> FromPage {
                 width: u16_at(0),
                 height: u16_at(2),
                 target: String::from_utf8(b[4..].to_vec()).unwrap(),
+            }
+        }
+        0x8b => {
+            assert!(m.len() >= 7, "short TokenHello {m:?}");
+            FromPage::TokenHello {
+                width: u16_at(0),
+                height: u16_at(2),
+                token: String::from_utf8(b[4..].to_vec()).unwrap(),
             }
         }
         0x83 => {
