@@ -18,14 +18,18 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use crate::pump::{Adopter, Page, Pump};
 use crate::servers;
 use crate::wire::{self, Upgrade};
+
+/// Event-loop threads the well-behaved pages share once connected.
+const PUMPS: usize = 2;
 
 /// What one read of a test browser asks the socket for.
 const BROWSER_READ_BUFFER: usize = 16 << 10;
 
 /// The page pings this often.
-const PING_EVERY: Duration = Duration::from_secs(2);
+pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// A gap between two frames this long, while the page acknowledges, is a stall.
 pub const STALL: Duration = Duration::from_millis(500);
 /// How long a browser waits in one read before it looks at the control flags.
@@ -86,7 +90,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn fail(&self, why: String) {
+    pub fn fail(&self, why: String) {
         self.failures.fetch_add(1, Relaxed);
         *self
             .last_failure
@@ -96,7 +100,7 @@ impl Stats {
 
     /// Counted as started: streaming (or, for kinds that cannot wait for a whole frame,
     /// connected); or given up.
-    fn settle(&self, env: &Env, streaming: bool) {
+    pub fn settle(&self, env: &Env, streaming: bool) {
         if !self.settled.swap(true, Relaxed) {
             if streaming {
                 self.streaming.store(true, Relaxed);
@@ -149,7 +153,7 @@ impl Env {
             .or_default() += 1;
     }
 
-    fn record_latency(&self, ns: u64) {
+    pub fn record_latency(&self, ns: u64) {
         let _ = self
             .latency
             .lock()
@@ -172,19 +176,27 @@ pub struct Fleet {
     pub ctl: Arc<Control>,
     pub env: Arc<Env>,
     pub browsers: Vec<Browser>,
+    /// Where well-behaved pages stream once connected ([`pump`](crate::pump)).
+    pumps: Vec<Pump>,
 }
 
 impl Fleet {
-    pub fn new(env: Env) -> Fleet {
-        Fleet {
-            ctl: Arc::new(Control {
-                stop: AtomicBool::new(false),
-                acking: AtomicBool::new(true),
-                recording: AtomicBool::new(false),
-            }),
-            env: Arc::new(env),
+    pub fn new(env: Env) -> Result<Fleet> {
+        let ctl = Arc::new(Control {
+            stop: AtomicBool::new(false),
+            acking: AtomicBool::new(true),
+            recording: AtomicBool::new(false),
+        });
+        let env = Arc::new(env);
+        let pumps = (0..PUMPS)
+            .map(|n| Pump::start(n, Arc::clone(&env), Arc::clone(&ctl)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Fleet {
+            ctl,
+            env,
             browsers: Vec::new(),
-        }
+            pumps,
+        })
     }
 
     /// Starts one browser. Never more than `max_pending` wait for their first frame at once,
@@ -211,17 +223,31 @@ impl Fleet {
         } else {
             env.pending.fetch_add(1, Relaxed);
         }
+        let pump = self
+            .pumps
+            .get(self.browsers.len() % PUMPS)
+            .map(Pump::adopter);
         let handle = std::thread::Builder::new()
             .name(format!("browser-{}", self.browsers.len()))
             .stack_size(THREAD_STACK)
             .spawn(move || {
-                match kind {
-                    Kind::Page | Kind::Stalled | Kind::Slow => page(&env, &ctl, &st, kind, &t),
-                    Kind::DropMidframe => drop_midframe(&env, &ctl, &st, &t),
-                    Kind::Storm => storm(&env, &ctl, &st),
+                let handed_off = match kind {
+                    Kind::Page | Kind::Stalled | Kind::Slow => {
+                        page(&env, &ctl, &st, kind, &t, pump.as_ref())
+                    }
+                    Kind::DropMidframe => {
+                        drop_midframe(&env, &ctl, &st, &t);
+                        false
+                    }
+                    Kind::Storm => {
+                        storm(&env, &ctl, &st);
+                        false
+                    }
+                };
+                if !handed_off {
+                    st.settle(&env, false);
+                    st.ended.store(true, Relaxed);
                 }
-                st.settle(&env, false);
-                st.ended.store(true, Relaxed);
             })
             .context("starting a browser thread")?;
         self.browsers.push(Browser {
@@ -257,6 +283,9 @@ impl Fleet {
     /// Stops every browser and joins its thread.
     pub fn stop(&mut self) {
         self.ctl.stop.store(true, Relaxed);
+        for p in &mut self.pumps {
+            p.join();
+        }
         for b in &mut self.browsers {
             if let Some(h) = b.handle.take() {
                 let _ = h.join();
@@ -272,8 +301,8 @@ impl Drop for Fleet {
 }
 
 /// A socket reader that takes at most `rate` bytes per second.
-struct Paced {
-    inner: TcpStream,
+pub struct Paced {
+    pub inner: TcpStream,
     rate: Option<u32>,
     allowance: f64,
     last: Instant,
@@ -332,16 +361,35 @@ fn send(ws: &mut WebSocket<Paced>, m: &FromBrowser) -> Result<()> {
     Ok(())
 }
 
-/// A page (or a stalled or slow one): one session until the harness stops it.
-fn page(env: &Env, ctl: &Control, st: &Stats, kind: Kind, target: &str) {
-    if let Err(e) = page_session(env, ctl, st, kind, target) {
-        if !ctl.stop.load(Relaxed) {
-            st.fail(format!("{e:#}"));
+/// A page (or a stalled or slow one): one session until the harness stops it. A page is
+/// handed to `pump` once its hello is sent (returns true); the others stay on this thread.
+fn page(
+    env: &Env,
+    ctl: &Control,
+    st: &Arc<Stats>,
+    kind: Kind,
+    target: &str,
+    pump: Option<&Adopter>,
+) -> bool {
+    match page_session(env, ctl, st, kind, target, pump) {
+        Ok(handed_off) => handed_off,
+        Err(e) => {
+            if !ctl.stop.load(Relaxed) {
+                st.fail(format!("{e:#}"));
+            }
+            false
         }
     }
 }
 
-fn page_session(env: &Env, ctl: &Control, st: &Stats, kind: Kind, target: &str) -> Result<()> {
+fn page_session(
+    env: &Env,
+    ctl: &Control,
+    st: &Arc<Stats>,
+    kind: Kind,
+    target: &str,
+    pump: Option<&Adopter>,
+) -> Result<bool> {
     let slow = kind == Kind::Slow;
     let tcp = connect(&env.addr, slow.then_some(SLOW_RCVBUF))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -411,6 +459,14 @@ fn page_session(env: &Env, ctl: &Control, st: &Stats, kind: Kind, target: &str) 
     if slow {
         // A whole key frame takes a slow reader many seconds: connected is started.
         st.settle(env, true);
+    }
+    if let (Kind::Page, Some(pump)) = (kind, pump) {
+        ws.get_mut().inner.set_nonblocking(true)?;
+        pump.adopt(Page {
+            ws,
+            stats: Arc::clone(st),
+        })?;
+        return Ok(true);
     }
     ws.get_mut().inner.set_read_timeout(Some(POLL))?;
     let mut next_ping = Instant::now() + PING_EVERY;
@@ -482,7 +538,7 @@ fn page_session(env: &Env, ctl: &Control, st: &Stats, kind: Kind, target: &str) 
             Ok(_) => {}
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn outcome_name(status: u16, body: &str) -> String {

@@ -26,6 +26,7 @@ mod gateway;
 mod measure;
 mod memory;
 mod profiles;
+mod pump;
 mod report;
 mod run;
 mod servers;

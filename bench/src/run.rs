@@ -229,7 +229,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
 
     // Ramp up the well-behaved sessions in steps.
     let env = Env::new(gw.addr.clone(), desktop, args.slow_rate, args.large_message)?;
-    let mut fleet = Fleet::new(env);
+    let mut fleet = Fleet::new(env)?;
     let total = mix.well + mix.hostile;
     let step = args.step.unwrap_or((mix.well / 4).max(1)).max(1);
     let main = servers.group(MAIN_GROUP).context("no main server group")?;
@@ -359,7 +359,7 @@ pub fn run(args: &RunArgs, profile: Profile) -> Result<Report> {
         progress.phase("cycles", args.cycles as u64, "connect/disconnect cycles");
         for c in 0..args.cycles {
             let env = Env::new(gw.addr.clone(), desktop, args.slow_rate, args.large_message)?;
-            let mut f = Fleet::new(env);
+            let mut f = Fleet::new(env)?;
             for _ in 0..cycle_sessions {
                 f.spawn(Kind::Page, true, main.target_for(), MAX_PENDING)?;
             }
