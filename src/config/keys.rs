@@ -35,6 +35,10 @@ keys! {
         "a session whose browser sends nothing for this long is closed (the page pings every 2 s)";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
+    MAX_UPGRADES_PER_IP: "server.max_upgrades_per_ip", "max-upgrades-per-ip", "RDPWIRE_MAX_UPGRADES_PER_IP", Some("20"),
+        "WebSocket upgrades a second one client address may make (IPv6: one /64), in bursts of as many; more get 429; 0: no limit";
+    MAX_SESSIONS_PER_IP: "server.max_sessions_per_ip", "max-sessions-per-ip", "RDPWIRE_MAX_SESSIONS_PER_IP", Some("100"),
+        "sessions one client address (IPv6: one /64) may hold at once, the whole gateway counted; more get 429; raise it for many users behind one NAT; 0: no limit";
     WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("8KiB"),
         "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
     DEFAULT_TARGET: "server.default_target", "default-target", "RDPWIRE_DEFAULT_TARGET", None,

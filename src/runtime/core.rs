@@ -1,6 +1,7 @@
 //! One executor: its arena, its listener, its sessions. Nothing here is shared with another
-//! core except the telemetry counters it writes and the token redeemer, whose lock is taken
-//! once per session start.
+//! core except the telemetry counters it writes, the token redeemer, whose lock is taken
+//! once per session start, and the table of client addresses, whose lock is taken once per
+//! upgrade and once per session end.
 
 use std::cell::Cell;
 use std::net::TcpListener;
@@ -39,6 +40,9 @@ pub struct Core {
     /// Opens connection tokens; one for the process (its replay table must be one table).
     /// `None` when no token keys are configured.
     pub tokens: Option<Arc<crate::token::Redeemer>>,
+    /// Limits per client address; one table for the process (a client's connections reach
+    /// every core). `None` when both limits are off.
+    pub clients: Option<Arc<crate::limits::ClientLimits>>,
 }
 
 impl Core {
