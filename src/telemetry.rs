@@ -54,6 +54,8 @@ pub struct CoreCounters {
     pub ws_oversize_closes: AtomicU64,
     /// Sessions whose task panicked: ended with 1011, the executor and other sessions untouched.
     pub sessions_panicked: AtomicU64,
+    /// Connection tasks that panicked outside a session's loop (HTTP, the upgrade).
+    pub connections_panicked: AtomicU64,
     /// Upgrades answered 429 by the per-client-address limits: too many a second, too many
     /// sessions at once.
     pub client_upgrades_limited: AtomicU64,
@@ -291,6 +293,12 @@ impl Telemetry {
             "counter",
             "Sessions ended with 1011 because their task panicked (a bug); other sessions ran on.",
             &one(self.sum(|c| c.sessions_panicked.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_connections_panicked_total",
+            "counter",
+            "Connection tasks that panicked outside a session (HTTP, the upgrade); the executor ran on.",
+            &one(self.sum(|c| c.connections_panicked.load(Relaxed))),
         );
         metric(
             "rdpwire_client_limited_total",
