@@ -700,3 +700,53 @@ async fn close(ws: &mut Ws, code: u16, reason: String) -> End {
     let _ = ws.close(Some(frame)).await;
     End { code, reason }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tungstenite::error::ProtocolError as P;
+
+    #[test]
+    fn framing_errors_close_in_words_and_a_vanished_browser_gets_nothing() {
+        let e = |err| browser_error(7, &err);
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::FragmentedControlFrame)),
+            Some((
+                1002,
+                "session 7: websocket protocol error: a fragmented control frame".to_owned()
+            ))
+        );
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::UnknownDataFrameType(3)))
+                .unwrap()
+                .1,
+            "session 7: websocket protocol error: unknown opcode 3"
+        );
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::InvalidCloseSequence))
+                .unwrap()
+                .1,
+            "session 7: websocket protocol error: invalid close sequence"
+        );
+        assert_eq!(e(tungstenite::Error::Utf8("bad".into())).unwrap().0, 1007);
+        for gone in [
+            tungstenite::Error::ConnectionClosed,
+            tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake),
+            tungstenite::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+        ] {
+            assert_eq!(e(gone), None);
+        }
+    }
+
+    /// Panic isolation (`run` catches a session's panic) needs unwinding: a profile that
+    /// aborts on panic would turn one session's bug into the whole gateway's exit.
+    #[test]
+    fn no_profile_aborts_on_panic() {
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(
+            !manifest.replace(' ', "").contains("panic=\"abort\""),
+            "Cargo.toml sets panic = \"abort\""
+        );
+    }
+}
