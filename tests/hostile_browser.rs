@@ -303,6 +303,13 @@ fn cases() -> Vec<Case> {
             "message type 0x8a needs 4 bytes, got 3",
         ),
         case(
+            "Key cut short",
+            true,
+            vec![bin(&[1, KEY, 0x1e, 0])],
+            1002,
+            "message type 0x87 needs 5 bytes, got 4",
+        ),
+        case(
             "Key with a byte too many",
             true,
             vec![bin(&key_long)],
