@@ -738,13 +738,15 @@ fn cores() -> &'static str {
 }
 
 #[test]
-fn an_upgrade_flood_gets_429_and_slow_heads_get_408_while_a_session_streams() {
+fn an_upgrade_flood_gets_429_and_slow_clients_are_cut_while_a_session_streams() {
     let gw = Gateway::start_demo(&[
         "--cores",
         cores(),
         "--max-upgrades-per-ip",
         "5",
         "--http-timeout",
+        "500ms",
+        "--hello-timeout",
         "500ms",
     ]);
     let neighbour = Neighbour::start(&gw);
@@ -816,9 +818,31 @@ fn an_upgrade_flood_gets_429_and_slow_heads_get_408_while_a_session_streams() {
         "{cut:?}"
     );
     neighbour.assert_streaming(&gw, "after the slow clients were cut");
+
+    // A WebSocket that pings and never says hello: pings keep the idle timeout away, not the
+    // hello timeout.
+    let mut mute = gw.ws().unwrap();
+    mute.hello();
+    let opened = Instant::now();
+    let (code, reason) = loop {
+        mute.send(&FromBrowser::Ping { nonce: 1 });
+        match mute.ws.read().unwrap() {
+            Message::Close(Some(f)) => break (u16::from(f.code), f.reason.to_string()),
+            other => assert!(other.is_binary(), "{other:?}"),
+        }
+        assert!(opened.elapsed() < Duration::from_secs(5), "never closed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mute_cut = opened.elapsed();
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.ends_with("no ClientHello or TokenHello within 500ms of opening"),
+        "{reason}"
+    );
+    assert!(mute_cut >= Duration::from_millis(400), "{mute_cut:?}");
     let frames = neighbour.stop();
     eprintln!(
-        "flood: {admitted} admitted, {refused} refused (429) in {took:?}; 4 slow heads cut after {cut:?}; neighbour frames {frames}"
+        "flood: {admitted} admitted, {refused} refused (429) in {took:?}; 4 slow heads cut after {cut:?}; a pinging session without hello cut after {mute_cut:?}; neighbour frames {frames}"
     );
 }
 

@@ -95,6 +95,8 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Silence from a browser after which its session is closed.
     pub idle_timeout: Duration,
+    /// Time from the upgrade to the page's hello; a session without one by then is closed.
+    pub hello_timeout: Duration,
     pub max_pending_http: usize,
     /// WebSocket upgrades a second per client address; 0: no limit.
     pub max_upgrades_per_ip: u32,
@@ -300,6 +302,13 @@ impl Layers {
                 duration(s, Duration::from_millis(100), Duration::from_secs(300))
             })?,
             idle_timeout: self.req(IDLE_TIMEOUT, |s| {
+                duration(
+                    s,
+                    Duration::from_millis(100),
+                    Duration::from_secs(24 * 3600),
+                )
+            })?,
+            hello_timeout: self.req(HELLO_TIMEOUT, |s| {
                 duration(
                     s,
                     Duration::from_millis(100),

@@ -53,6 +53,8 @@ enum Event {
     Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
     Idle,
+    /// The page has not said hello within the hello timeout.
+    NoHello,
 }
 
 /// Why the session ended, for the log and the close frame.
@@ -148,7 +150,9 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
     let core = core.clone();
     let mut rdp: Option<RdpClient> = None;
     let idle_timeout = core.settings.idle_timeout;
-    let mut last_heard = std::time::Instant::now();
+    let hello_timeout = core.settings.hello_timeout;
+    let started = std::time::Instant::now();
+    let mut last_heard = started;
     let mut graphics_open = true;
     let mut writer = Writer::default();
 
@@ -186,6 +190,7 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
         // Large messages' room goes back once written; the loop must come round for that.
         let holds_large = rdp.as_mut().is_some_and(RdpClient::holds_large);
         let take_rdp = session.wants_rdp();
+        let session_phase = session.phase();
         let graphics = session.wants_graphics();
         if graphics_open && !graphics {
             CoreCounters::inc(&counters.graphics_paused);
@@ -213,10 +218,21 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                 },
                 async {
                     // One timer per wait, firing only at the deadline: an idle session costs
-                    // no wake-ups.
-                    let left = idle_timeout.saturating_sub(last_heard.elapsed());
-                    glommio::timer::sleep(left).await;
-                    Event::Idle
+                    // no wake-ups. Until the hello, the hello deadline counts too: pings
+                    // alone must not hold a session slot.
+                    let idle_left = idle_timeout.saturating_sub(last_heard.elapsed());
+                    let hello_left = (session_phase == Phase::AwaitHello)
+                        .then(|| hello_timeout.saturating_sub(started.elapsed()));
+                    match hello_left {
+                        Some(left) if left < idle_left => {
+                            glommio::timer::sleep(left).await;
+                            Event::NoHello
+                        }
+                        _ => {
+                            glommio::timer::sleep(idle_left).await;
+                            Event::Idle
+                        }
+                    }
                 },
             ),
         )
@@ -233,6 +249,13 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                     humantime::format_duration(idle_timeout)
                 );
                 break close(ws, CLOSE_IDLE, reason).await;
+            }
+            Event::NoHello => {
+                let reason = format!(
+                    "session {id}: no ClientHello or TokenHello within {} of opening",
+                    humantime::format_duration(hello_timeout)
+                );
+                break close(ws, 1008, reason).await;
             }
             Event::Rdp(Ok(ev)) => session.on_rdp_event(&ev),
             Event::Rdp(Err(err)) => session.on_rdp_end(&err.to_string()),
