@@ -536,7 +536,14 @@ fn cases() -> Vec<Case> {
             false,
             vec![Send::Raw(frame(true, 0, 1, true, &[0xc3, 0x28]))],
             1007,
-            "a text message that is not UTF-8",
+            "a text message or close reason that is not UTF-8",
+        ),
+        case(
+            "a close frame whose reason is not UTF-8",
+            true,
+            vec![Send::Raw(frame(true, 0, 8, true, &[3, 232, 0xc3, 0x28]))],
+            1007,
+            "a text message or close reason that is not UTF-8",
         ),
         case(
             "a 64 KiB message",

@@ -340,7 +340,7 @@ fn browser_error(id: u64, err: &tungstenite::Error) -> Option<(u16, String)> {
         tungstenite::Error::Utf8(_) => {
             return Some((
                 1007,
-                format!("session {id}: a text message that is not UTF-8"),
+                format!("session {id}: a text message or close reason that is not UTF-8"),
             ))
         }
         tungstenite::Error::Capacity(c) => {
