@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod host;
 pub mod http;
+pub mod limits;
 pub mod policy;
 pub mod protocol;
 pub mod rdp;

@@ -19,6 +19,9 @@ pub const MIN_DESKTOP: u16 = 200;
 pub const MAX_DESKTOP: u16 = 8192;
 /// Longest target name.
 pub const MAX_TARGET_NAME: usize = 64;
+/// Pointer coordinates a page may send: below the largest desktop. A coordinate beyond the
+/// current desktop but below this is a page racing a resize, and the RDP server clips it.
+pub const MAX_COORDINATE: u16 = MAX_DESKTOP - 1;
 /// Longest connection token (`token::MAX_TOKEN`), refused before it is decoded.
 pub const MAX_TOKEN: usize = crate::token::MAX_TOKEN;
 
@@ -648,6 +651,23 @@ impl ToBrowser<'_> {
 }
 
 impl FromBrowser {
+    /// The message's name as `docs/protocol.md` spells it, for close reasons.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FromBrowser::Ping { .. } => "Ping",
+            FromBrowser::ClientHello { .. } => "ClientHello",
+            FromBrowser::TokenHello { .. } => "TokenHello",
+            FromBrowser::FrameDecoded { .. } => "FrameDecoded",
+            FromBrowser::Input(InputEvent::MouseMove { .. }) => "MouseMove",
+            FromBrowser::Input(InputEvent::MouseButton { .. }) => "MouseButton",
+            FromBrowser::Input(InputEvent::Wheel { .. }) => "Wheel",
+            FromBrowser::Input(InputEvent::Key { .. }) => "Key",
+            FromBrowser::Input(InputEvent::Unicode { .. }) => "Unicode",
+            FromBrowser::Resize { .. } => "Resize",
+            FromBrowser::AudioBuffer { .. } => "AudioBuffer",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         use types::*;
         let mut v = vec![VERSION];
@@ -781,8 +801,8 @@ impl FromBrowser {
                 queue_depth: r.u16()?,
             },
             MOUSE_MOVE => FromBrowser::Input(InputEvent::MouseMove {
-                x: r.u16()?,
-                y: r.u16()?,
+                x: r.coordinate("x")?,
+                y: r.coordinate("y")?,
             }),
             MOUSE_BUTTON => FromBrowser::Input(InputEvent::MouseButton {
                 button: match r.u8()? {
@@ -794,8 +814,8 @@ impl FromBrowser {
                     v => return Err(r.field("button", format!("{v} is not 0–4"))),
                 },
                 down: r.flag("down")?,
-                x: r.u16()?,
-                y: r.u16()?,
+                x: r.coordinate("x")?,
+                y: r.coordinate("y")?,
             }),
             WHEEL => FromBrowser::Input(InputEvent::Wheel {
                 axis: match r.u8()? {
@@ -804,8 +824,8 @@ impl FromBrowser {
                     v => return Err(r.field("axis", format!("{v} is not 0 or 1"))),
                 },
                 delta: i32::from(i16::from_le_bytes(r.array()?)),
-                x: r.u16()?,
-                y: r.u16()?,
+                x: r.coordinate("x")?,
+                y: r.coordinate("y")?,
             }),
             KEY => FromBrowser::Input(InputEvent::Key {
                 scancode: r.u8()?,
@@ -970,6 +990,13 @@ impl<'a> Reader<'a> {
         let v = self.u16()?;
         if !(MIN_DESKTOP..=MAX_DESKTOP).contains(&v) {
             return Err(self.field(field, format!("{v} is outside {MIN_DESKTOP}–{MAX_DESKTOP}")));
+        }
+        Ok(v)
+    }
+    fn coordinate(&mut self, field: &'static str) -> Result<u16, ProtocolError> {
+        let v = self.u16()?;
+        if v > MAX_COORDINATE {
+            return Err(self.field(field, format!("{v} is outside 0–{MAX_COORDINATE}")));
         }
         Ok(v)
     }
@@ -1211,6 +1238,124 @@ mod tests {
         let mut hello = vec![1, CLIENT_HELLO, 0, 4, 0, 4];
         hello.extend(std::iter::repeat_n(b'a', 65));
         assert!(FromBrowser::decode(&hello).is_err());
+    }
+
+    /// Every browser message: one byte short or one byte long is a length error naming its
+    /// type; every range rule names the field and the range.
+    #[test]
+    fn every_browser_message_refuses_truncation_extra_bytes_and_out_of_range_fields() {
+        use types::*;
+        let fixed = [
+            FromBrowser::Ping { nonce: 1 },
+            FromBrowser::FrameDecoded {
+                frame_id: 1,
+                frames_decoded: 1,
+                queue_depth: 0,
+            },
+            FromBrowser::Input(InputEvent::MouseMove { x: 1, y: 2 }),
+            FromBrowser::Input(InputEvent::MouseButton {
+                button: MouseButton::Left,
+                down: true,
+                x: 1,
+                y: 2,
+            }),
+            FromBrowser::Input(InputEvent::Wheel {
+                axis: WheelAxis::Vertical,
+                delta: 120,
+                x: 1,
+                y: 2,
+            }),
+            FromBrowser::Input(InputEvent::Key {
+                scancode: 0x1e,
+                extended: false,
+                down: true,
+            }),
+            FromBrowser::Input(InputEvent::Unicode {
+                code_unit: 0x41,
+                down: true,
+            }),
+            FromBrowser::Resize {
+                width: 800,
+                height: 600,
+            },
+            FromBrowser::AudioBuffer { buffer_ms: 100 },
+        ];
+        for m in fixed {
+            let good = m.encode();
+            let ty = good[1];
+            let short = &good[..good.len() - 1];
+            let e = FromBrowser::decode(short).unwrap_err();
+            assert!(
+                matches!(e, ProtocolError::Length { ty: t, .. } if t == ty),
+                "{} cut short: {e}",
+                m.name()
+            );
+            let mut long = good.clone();
+            long.push(0);
+            let e = FromBrowser::decode(&long).unwrap_err();
+            assert!(
+                matches!(e, ProtocolError::Length { ty: t, .. } if t == ty),
+                "{} with a byte more: {e}",
+                m.name()
+            );
+        }
+        // Hellos have no fixed length, but their sizes are fixed.
+        for ty in [CLIENT_HELLO, TOKEN_HELLO] {
+            let e = FromBrowser::decode(&[1, ty, 0, 4, 0]).unwrap_err();
+            assert!(matches!(e, ProtocolError::Length { .. }), "{e}");
+        }
+        let out_of_range: &[(&[u8], &str)] = &[
+            (&[1, RESIZE, 0, 0, 0, 0], "width 0 is outside 200–8192"),
+            (
+                &[1, RESIZE, 0xff, 0xff, 0xff, 0xff],
+                "width 65535 is outside 200–8192",
+            ),
+            (
+                &[1, RESIZE, 0, 4, 0x01, 0x20],
+                "height 8193 is outside 200–8192",
+            ),
+            (
+                &[1, CLIENT_HELLO, 0, 0, 0, 0],
+                "width 0 is outside 200–8192",
+            ),
+            (
+                &[1, TOKEN_HELLO, 0, 4, 0xff, 0xff, b'a'],
+                "height 65535 is outside",
+            ),
+            (
+                &[1, MOUSE_MOVE, 0xff, 0xff, 0, 0],
+                "x 65535 is outside 0–8191",
+            ),
+            (
+                &[1, MOUSE_MOVE, 0, 0, 0x00, 0x20],
+                "y 8192 is outside 0–8191",
+            ),
+            (
+                &[1, MOUSE_BUTTON, 0, 1, 0, 0, 0xff, 0xff],
+                "y 65535 is outside",
+            ),
+            (&[1, MOUSE_BUTTON, 5, 1, 0, 0, 0, 0], "button 5 is not 0–4"),
+            (&[1, MOUSE_BUTTON, 0, 7, 0, 0, 0, 0], "down 7 is not 0 or 1"),
+            (&[1, WHEEL, 2, 0, 0, 0, 0, 0, 0], "axis 2 is not 0 or 1"),
+            (&[1, WHEEL, 0, 0, 0, 0xff, 0xff, 0, 0], "x 65535 is outside"),
+            (&[1, KEY, 0x1e, 2, 1], "extended 2 is not 0 or 1"),
+            (&[1, UNICODE, 0x41, 0, 9], "down 9 is not 0 or 1"),
+            (
+                &[1, AUDIO_BUFFER, 0x11, 0x27],
+                "buffer_ms 10001 is above 10000",
+            ),
+        ];
+        for (bytes, words) in out_of_range {
+            let e = FromBrowser::decode(bytes).unwrap_err();
+            assert!(e.to_string().contains(words), "{bytes:?}: {e}");
+        }
+        // Every type byte outside the browser's set is unknown, including the gateway's own.
+        for ty in (0..=0xffu8).filter(|t| !(PING..=TOKEN_HELLO).contains(t)) {
+            assert_eq!(
+                FromBrowser::decode(&[1, ty]),
+                Err(ProtocolError::UnknownType(ty))
+            );
+        }
     }
 
     #[test]

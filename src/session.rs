@@ -253,16 +253,33 @@ impl Session {
     pub fn handle_binary(&mut self, msg: &[u8]) -> Result<(), SessionError> {
         let session = self.id;
         let out_of_order = |what: String| SessionError::OutOfOrder { session, what };
-        match FromBrowser::decode(msg).map_err(|err| SessionError::Protocol { session, err })? {
+        let msg =
+            FromBrowser::decode(msg).map_err(|err| SessionError::Protocol { session, err })?;
+        // A page says hello right after ServerHello and sends nothing else before it but
+        // pings; anything else first is not a page speaking this protocol.
+        let hello = matches!(
+            msg,
+            FromBrowser::ClientHello { .. } | FromBrowser::TokenHello { .. }
+        );
+        if self.phase == Phase::AwaitHello && !hello && !matches!(msg, FromBrowser::Ping { .. }) {
+            return Err(out_of_order(format!(
+                "{} before ClientHello or TokenHello",
+                msg.name()
+            )));
+        }
+        if self.phase != Phase::AwaitHello && hello {
+            return Err(out_of_order(format!(
+                "{} after the session's hello (one hello per session)",
+                msg.name()
+            )));
+        }
+        match msg {
             FromBrowser::Ping { nonce } => self.queue(&ToBrowser::Pong { nonce }),
             FromBrowser::ClientHello {
                 width,
                 height,
                 target,
             } => {
-                if self.phase != Phase::AwaitHello {
-                    return Err(out_of_order("ClientHello sent twice".to_owned()));
-                }
                 self.phase = Phase::Connecting;
                 let text = if target.is_empty() {
                     "connecting".to_owned()
@@ -281,9 +298,6 @@ impl Session {
                 height,
                 token,
             } => {
-                if self.phase != Phase::AwaitHello {
-                    return Err(out_of_order("ClientHello sent twice".to_owned()));
-                }
                 self.phase = Phase::Connecting;
                 self.actions.push_back(Action::Connect {
                     target: TargetRequest::Token(token),
@@ -329,7 +343,8 @@ impl Session {
                 Ok(())
             }
             FromBrowser::Input(e) => {
-                // Input before the desktop is there has nowhere to go; it is dropped.
+                // Input while the desktop is still connecting has nowhere to go; it is dropped
+                // (a page may race the Connected status).
                 if self.phase == Phase::Active {
                     self.actions.push_back(Action::Input(e));
                 }
@@ -711,7 +726,11 @@ mod tests {
         );
         let e = s.handle_binary(&hello("office")).unwrap_err();
         assert_eq!(e.close_code(), 1002);
-        assert!(e.to_string().contains("ClientHello sent twice"));
+        assert!(
+            e.to_string()
+                .contains("ClientHello after the session's hello"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -844,14 +863,141 @@ mod tests {
         let a = arena(8);
         let mut s = Session::start(a.admit().unwrap(), 0, 1024);
         let click = FromBrowser::Input(InputEvent::MouseMove { x: 1, y: 1 }).encode();
+        s.handle_binary(&hello("")).unwrap();
+        s.poll_action();
+        // Connecting: a page racing the Connected status loses the input, not the session.
         s.handle_binary(&click).unwrap();
         assert_eq!(s.poll_action(), None);
+        drop(s);
         let mut s = active(&a);
         s.handle_binary(&click).unwrap();
         assert_eq!(
             s.poll_action(),
             Some(Action::Input(InputEvent::MouseMove { x: 1, y: 1 }))
         );
+    }
+
+    /// Before its hello a page may only ping; after it, a second hello of either kind ends
+    /// the session. Each refusal names the message and closes with 1002.
+    #[test]
+    fn messages_out_of_order_end_the_session_in_words() {
+        let a = arena(8);
+        let token_hello = FromBrowser::TokenHello {
+            width: 1280,
+            height: 720,
+            token: zeroize::Zeroizing::new("AQID".to_owned()),
+        }
+        .encode();
+        let early: [(Vec<u8>, &str); 8] = [
+            (
+                FromBrowser::Input(InputEvent::Key {
+                    scancode: 0x1e,
+                    extended: false,
+                    down: true,
+                })
+                .encode(),
+                "Key before ClientHello or TokenHello",
+            ),
+            (
+                FromBrowser::Input(InputEvent::MouseMove { x: 1, y: 1 }).encode(),
+                "MouseMove before",
+            ),
+            (
+                FromBrowser::Input(InputEvent::Unicode {
+                    code_unit: 0x41,
+                    down: true,
+                })
+                .encode(),
+                "Unicode before",
+            ),
+            (
+                FromBrowser::Input(InputEvent::Wheel {
+                    axis: crate::rdp::input::WheelAxis::Vertical,
+                    delta: 120,
+                    x: 0,
+                    y: 0,
+                })
+                .encode(),
+                "Wheel before",
+            ),
+            (
+                FromBrowser::Input(InputEvent::MouseButton {
+                    button: crate::rdp::input::MouseButton::Left,
+                    down: true,
+                    x: 0,
+                    y: 0,
+                })
+                .encode(),
+                "MouseButton before",
+            ),
+            (
+                FromBrowser::Resize {
+                    width: 800,
+                    height: 600,
+                }
+                .encode(),
+                "Resize before",
+            ),
+            (
+                FromBrowser::AudioBuffer { buffer_ms: 10 }.encode(),
+                "AudioBuffer before",
+            ),
+            (
+                FromBrowser::FrameDecoded {
+                    frame_id: 0,
+                    frames_decoded: 0,
+                    queue_depth: 0,
+                }
+                .encode(),
+                "FrameDecoded before",
+            ),
+        ];
+        for (msg, words) in early {
+            let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+            s.handle_binary(&ping(1)).unwrap();
+            let e = s.handle_binary(&msg).unwrap_err();
+            assert_eq!(e.close_code(), 1002, "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+            assert_eq!(s.poll_action(), None);
+        }
+        for (first, second, words) in [
+            (
+                hello(""),
+                token_hello.clone(),
+                "TokenHello after the session's hello",
+            ),
+            (
+                token_hello.clone(),
+                hello(""),
+                "ClientHello after the session's hello",
+            ),
+            (token_hello.clone(), token_hello.clone(), "TokenHello after"),
+        ] {
+            let mut s = Session::start(a.admit().unwrap(), 0, 1024);
+            s.handle_binary(&first).unwrap();
+            let e = s.handle_binary(&second).unwrap_err();
+            assert_eq!(e.close_code(), 1002);
+            assert!(e.to_string().contains(words), "{e}");
+        }
+        // A FrameDecoded for a frame never sent, or answered already.
+        let mut s = active(&a);
+        s.on_rdp_event(&RdpEvent::Graphics(GfxEvent::EndFrame { frame_id: 5 }));
+        let decoded = |frame_id| {
+            FromBrowser::FrameDecoded {
+                frame_id,
+                frames_decoded: 1,
+                queue_depth: 0,
+            }
+            .encode()
+        };
+        let e = s.handle_binary(&decoded(6)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("FrameDecoded for frame 6, which is not on its way to the page"),
+            "{e}"
+        );
+        s.handle_binary(&decoded(5)).unwrap();
+        assert!(s.handle_binary(&decoded(5)).is_err());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Inputs {
     pub large_frames: u64,
     /// The process's table of redeemed connection tokens (`TokenSettings::replay_bytes`).
     pub tokens: u64,
+    /// A per-client-address limit is on, so the process keeps the table of client addresses
+    /// (`limits::table_bytes`): a fixed part in the base, an entry per session.
+    pub client_limits: bool,
 }
 
 /// The budget split into its parts, for the start-up log, `check-config` and `/metrics`.
@@ -100,6 +103,9 @@ pub struct Base {
     pub large_frames: u64,
     /// The table of redeemed connection tokens, one for the process; 0 without token keys.
     pub tokens: u64,
+    /// The table of client addresses' entries for addresses without a session; 0 with the
+    /// per-address limits off. Each session's entry is in its `state`.
+    pub client_limits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +123,12 @@ pub struct PerSession {
 
 impl Base {
     pub fn total(&self) -> u64 {
-        self.process + self.executors + self.pending_http + self.large_frames + self.tokens
+        self.process
+            + self.executors
+            + self.pending_http
+            + self.large_frames
+            + self.tokens
+            + self.client_limits
     }
 }
 
@@ -158,7 +169,13 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         pools: pool_bytes,
         kernel_sockets: browser_kernel + server_kernel,
         websocket: (i.ws_max_message + WS_READ_BUFFER) as u64 + ws_write_reserve(&i.pools),
-        state: SESSION_STATE + slots_per_session(&i.pools) * SLOT_METADATA,
+        state: SESSION_STATE
+            + slots_per_session(&i.pools) * SLOT_METADATA
+            + if i.client_limits {
+                crate::limits::ENTRY_BYTES
+            } else {
+                0
+            },
         rdp: RDP_STATE,
         audio: if i.audio { AUDIO_STATE } else { 0 },
     };
@@ -168,6 +185,11 @@ pub fn compute(i: &Inputs) -> Result<Sizing, SizingError> {
         pending_http: cores * i.max_pending_http as u64 * (HTTP_HEAD_LIMIT as u64 + browser_kernel),
         large_frames: cores * i.large_frames,
         tokens: i.tokens,
+        client_limits: if i.client_limits {
+            crate::limits::table_bytes(0)
+        } else {
+            0
+        },
     };
     let per = per_session.total();
     let budget_sessions =
@@ -235,6 +257,7 @@ mod tests {
             audio: s.audio.enabled,
             large_frames: s.large_frames() as u64,
             tokens: s.tokens.replay_bytes(),
+            client_limits: s.client_limits(),
         }
     }
 

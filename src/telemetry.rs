@@ -52,6 +52,14 @@ pub struct CoreCounters {
     pub http_requests: AtomicU64,
     pub http_rejected: AtomicU64,
     pub ws_oversize_closes: AtomicU64,
+    /// Sessions whose task panicked: ended with 1011, the executor and other sessions untouched.
+    pub sessions_panicked: AtomicU64,
+    /// Connection tasks that panicked outside a session's loop (HTTP, the upgrade).
+    pub connections_panicked: AtomicU64,
+    /// Upgrades answered 429 by the per-client-address limits: too many a second, too many
+    /// sessions at once.
+    pub client_upgrades_limited: AtomicU64,
+    pub client_sessions_limited: AtomicU64,
     /// Waves from RDP servers.
     pub audio_from_server: AtomicU64,
     /// Opus packets written towards pages.
@@ -279,6 +287,33 @@ impl Telemetry {
             "counter",
             "Sessions closed with 1009 for an oversize browser message.",
             &one(self.sum(|c| c.ws_oversize_closes.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_sessions_panicked_total",
+            "counter",
+            "Sessions ended with 1011 because their task panicked (a bug); other sessions ran on.",
+            &one(self.sum(|c| c.sessions_panicked.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_connections_panicked_total",
+            "counter",
+            "Connection tasks that panicked outside a session (HTTP, the upgrade); the executor ran on.",
+            &one(self.sum(|c| c.connections_panicked.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_client_limited_total",
+            "counter",
+            "WebSocket upgrades answered 429 by a per-client-address limit.",
+            &[
+                (
+                    "{limit=\"upgrades_per_second\"}".to_owned(),
+                    self.sum(|c| c.client_upgrades_limited.load(Relaxed)),
+                ),
+                (
+                    "{limit=\"sessions\"}".to_owned(),
+                    self.sum(|c| c.client_sessions_limited.load(Relaxed)),
+                ),
+            ],
         );
         metric(
             "rdpwire_connection_tokens_total",

@@ -25,7 +25,19 @@ pub struct Settings {
 
 impl Settings {
     fn shared_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
+        // Every synthetic browser connects from 127.0.0.1, so the limits per client address
+        // would stop the ramp-up: they are off for load tests. The memory probe's sessions
+        // never say hello and are held for the whole ramp.
+        let mut args: Vec<String> = [
+            "--max-upgrades-per-ip",
+            "0",
+            "--max-sessions-per-ip",
+            "0",
+            "--hello-timeout",
+            "24h",
+        ]
+        .map(str::to_owned)
+        .to_vec();
         if let Some(c) = &self.config {
             args.push("--config".to_owned());
             args.push(c.display().to_string());

@@ -33,8 +33,14 @@ keys! {
         "time a client has to send a complete HTTP request head";
     IDLE_TIMEOUT: "server.idle_timeout", "idle-timeout", "RDPWIRE_IDLE_TIMEOUT", Some("60s"),
         "a session whose browser sends nothing for this long is closed (the page pings every 2 s)";
+    HELLO_TIMEOUT: "server.hello_timeout", "hello-timeout", "RDPWIRE_HELLO_TIMEOUT", Some("10s"),
+        "time a page has, once its WebSocket is open, to send its ClientHello or TokenHello (pages send it at once); a session still without one is closed with 1008";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
+    MAX_UPGRADES_PER_IP: "server.max_upgrades_per_ip", "max-upgrades-per-ip", "RDPWIRE_MAX_UPGRADES_PER_IP", Some("20"),
+        "WebSocket upgrades a second one client address may make (IPv6: one /64), in bursts of as many; more get 429; 0: no limit";
+    MAX_SESSIONS_PER_IP: "server.max_sessions_per_ip", "max-sessions-per-ip", "RDPWIRE_MAX_SESSIONS_PER_IP", Some("100"),
+        "sessions one client address (IPv6: one /64) may hold at once, the whole gateway counted; more get 429; raise it for many users behind one NAT; 0: no limit";
     WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("8KiB"),
         "largest browser-to-gateway WebSocket message; larger ones close the session with 1009";
     DEFAULT_TARGET: "server.default_target", "default-target", "RDPWIRE_DEFAULT_TARGET", None,

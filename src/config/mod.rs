@@ -95,7 +95,13 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Silence from a browser after which its session is closed.
     pub idle_timeout: Duration,
+    /// Time from the upgrade to the page's hello; a session without one by then is closed.
+    pub hello_timeout: Duration,
     pub max_pending_http: usize,
+    /// WebSocket upgrades a second per client address; 0: no limit.
+    pub max_upgrades_per_ip: u32,
+    /// Sessions at once per client address; 0: no limit.
+    pub max_sessions_per_ip: u32,
     pub ws_max_message: usize,
     pub log_format: LogFormat,
     pub memory_budget: Option<u64>,
@@ -123,6 +129,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// A per-client-address limit is on (then the process keeps the table of addresses).
+    pub fn client_limits(&self) -> bool {
+        self.max_upgrades_per_ip > 0 || self.max_sessions_per_ip > 0
+    }
+
     /// The large-message budget per core as used: never below what the largest message costs,
     /// so one always fits.
     pub fn large_frames(&self) -> usize {
@@ -297,7 +308,16 @@ impl Layers {
                     Duration::from_secs(24 * 3600),
                 )
             })?,
+            hello_timeout: self.req(HELLO_TIMEOUT, |s| {
+                duration(
+                    s,
+                    Duration::from_millis(100),
+                    Duration::from_secs(24 * 3600),
+                )
+            })?,
             max_pending_http: self.req(MAX_PENDING_HTTP, |s| count(s, 1, 65536))?,
+            max_upgrades_per_ip: self.req(MAX_UPGRADES_PER_IP, |s| count(s, 0, 1_000_000))? as u32,
+            max_sessions_per_ip: self.req(MAX_SESSIONS_PER_IP, |s| count(s, 0, 1 << 24))? as u32,
             ws_max_message: self.req(WS_MAX_MESSAGE, |s| size(s, 1024, 16 << 20))?,
             log_format: self.req(LOG_FORMAT, log_format)?,
             memory_budget: self

@@ -33,6 +33,11 @@ impl Response {
         Response::text(503, reason).with_header("Retry-After", retry_after_secs.to_string())
     }
 
+    /// 429: this client is over a limit of its own; the reason names the limit.
+    pub fn too_many(reason: &str, retry_after_secs: u32) -> Self {
+        Response::text(429, reason).with_header("Retry-After", retry_after_secs.to_string())
+    }
+
     /// Head and body, ready to write. `head_only` for HEAD requests.
     pub fn to_bytes(&self, head_only: bool) -> Vec<u8> {
         let mut head = String::with_capacity(256);
@@ -78,6 +83,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -98,6 +104,15 @@ mod tests {
         assert!(s.contains("Retry-After: 5\r\n"));
         assert!(s.contains("Connection: close\r\n"));
         assert!(s.ends_with("\r\n\r\nfull: 3 of 3 sessions\n"));
+    }
+
+    #[test]
+    fn too_many_is_429_with_retry_after() {
+        let s =
+            String::from_utf8(Response::too_many("too many sessions", 1).to_bytes(false)).unwrap();
+        assert!(s.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{s}");
+        assert!(s.contains("Retry-After: 1\r\n"));
+        assert!(s.ends_with("\r\n\r\ntoo many sessions\n"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::http::request::{parse_head, RequestHead};
 use crate::http::response::{switching_protocols, Response};
 use crate::http::route::{route, Route};
 use crate::http::HttpError;
+use crate::limits::LimitError;
 use crate::sizing::HTTP_HEAD_LIMIT;
 use crate::telemetry::CoreCounters;
 
@@ -23,6 +24,8 @@ use super::websocket;
 /// Seconds a refused client is asked to wait before retrying.
 const RETRY_FULL_SECS: u32 = 5;
 const RETRY_DRAINING_SECS: u32 = 30;
+/// A client over its upgrade rate may try again once its bucket has refilled.
+const RETRY_RATE_SECS: u32 = 1;
 /// After an error response, how long unread request bytes are drained so the close is a FIN,
 /// not a reset that could destroy the response before the client reads it.
 const LINGER: Duration = Duration::from_millis(500);
@@ -167,6 +170,30 @@ async fn upgrade(
         respond_and_close(stream, &r, false).await;
         return;
     }
+    // The client's own limits come before the gateway's capacity: a client over its limit is
+    // told so (429), not that the gateway is full. The slot is held from here to the
+    // session's end, and given back at once if the upgrade goes no further.
+    let client = match &core.clients {
+        None => None,
+        Some(limits) => match limits.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(slot) => Some(slot),
+            Err(err) => {
+                let counter = match err {
+                    LimitError::Upgrades { .. } => &core.counters.client_upgrades_limited,
+                    LimitError::Sessions { .. } => &core.counters.client_sessions_limited,
+                };
+                CoreCounters::inc(counter);
+                info!(%peer, reason = %err, "upgrade refused: client limit");
+                let retry = match err {
+                    LimitError::Upgrades { .. } => RETRY_RATE_SECS,
+                    LimitError::Sessions { .. } => RETRY_FULL_SECS,
+                };
+                respond_and_close(stream, &Response::too_many(&err.to_string(), retry), false)
+                    .await;
+                return;
+            }
+        },
+    };
     let share = match core.arena.admit() {
         Ok(share) => share,
         Err(_) => {
@@ -190,7 +217,7 @@ async fn upgrade(
     {
         return;
     }
-    websocket::run(core, stream, leftover, share, peer).await;
+    websocket::run(core, stream, leftover, share, peer, client).await;
 }
 
 /// Writes the response, half-closes, and drains briefly so the peer sees the whole response.

@@ -1,16 +1,19 @@
 //! One executor: its arena, its listener, its sessions. Nothing here is shared with another
-//! core except the telemetry counters it writes and the token redeemer, whose lock is taken
-//! once per session start.
+//! core except the telemetry counters it writes, the token redeemer, whose lock is taken
+//! once per session start, and the table of client addresses, whose lock is taken once per
+//! upgrade and once per session end.
 
 use std::cell::Cell;
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arena::Arena;
-use tracing::{debug, info, warn};
+use futures_util::FutureExt;
+use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::telemetry::{CoreCounters, Telemetry};
@@ -39,6 +42,9 @@ pub struct Core {
     /// Opens connection tokens; one for the process (its replay table must be one table).
     /// `None` when no token keys are configured.
     pub tokens: Option<Arc<crate::token::Redeemer>>,
+    /// Limits per client address; one table for the process (a client's connections reach
+    /// every core). `None` when both limits are off.
+    pub clients: Option<Arc<crate::limits::ClientLimits>>,
 }
 
 impl Core {
@@ -66,7 +72,19 @@ impl Core {
                     let core = self.clone();
                     let guard = connections.enter();
                     glommio::spawn_local(async move {
-                        connection::handle(core, stream, peer).await;
+                        // A session's own loop catches its panics and closes with 1011
+                        // (`websocket.rs`); this is the backstop for the rest of the
+                        // connection (HTTP, the upgrade), so no bug in one connection's task
+                        // unwinds into the executor. Unwinding drops what the task held.
+                        let cpu = core.cpu;
+                        let counters = core.counters.clone();
+                        let handled = AssertUnwindSafe(connection::handle(core, stream, peer))
+                            .catch_unwind()
+                            .await;
+                        if handled.is_err() {
+                            CoreCounters::inc(&counters.connections_panicked);
+                            error!(cpu, %peer, "connection task panicked; its socket is closed, the executor runs on");
+                        }
                         drop(guard);
                     })
                     .detach();

@@ -4,6 +4,8 @@
 mod accept;
 mod connection;
 mod core;
+#[cfg(debug_assertions)]
+mod fault;
 mod plan;
 pub mod rdp_client;
 mod shutdown;

@@ -51,6 +51,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, RuntimeError> {
         audio: settings.audio.enabled,
         large_frames: settings.large_frames() as u64,
         tokens: settings.tokens.replay_bytes(),
+        client_limits: settings.client_limits(),
     })?;
     Ok(Plan {
         cpus,
@@ -75,7 +76,7 @@ impl Plan {
         format!(
             "executors: {} on CPUs {} (allowed: {})\n\
              memory budget: {} ({source})\n\
-             base: {} = process {} + executors {} + pending HTTP {} + large frames {} + tokens {}\n\
+             base: {} = process {} + executors {} + pending HTTP {} + large frames {} + tokens {} + client addresses {}\n\
              per session: {} = pools {} + kernel socket buffers {} + WebSocket {} + state {} + RDP {} + audio {}\n\
              max sessions: {}{} split per core {:?}",
             self.cpus.len(),
@@ -88,6 +89,7 @@ impl Plan {
             Human(s.base.pending_http),
             Human(s.base.large_frames),
             Human(s.base.tokens),
+            Human(s.base.client_limits),
             Human(s.per_session.total()),
             Human(s.per_session.pools),
             Human(s.per_session.kernel_sockets),
@@ -123,6 +125,7 @@ impl Plan {
                 "pending_http": s.base.pending_http,
                 "large_frames": s.base.large_frames,
                 "tokens": s.base.tokens,
+                "client_limits": s.base.client_limits,
             },
             "per_session": {
                 "pools": s.per_session.pools,

@@ -75,6 +75,13 @@ pub fn serve(
     let tokens = crate::token::Redeemer::new(&settings.tokens)
         .map_err(RuntimeError::Tokens)?
         .map(Arc::new);
+    // One table of client addresses for the process, like the token replay table: a client's
+    // connections are spread over every core by the kernel.
+    let clients = crate::limits::ClientLimits::new(
+        settings.max_upgrades_per_ip,
+        settings.max_sessions_per_ip,
+        sizing.max_sessions,
+    );
     let stopping = Arc::new(AtomicBool::new(false));
     let settings = Arc::new(settings);
     let (tx, rx) = mpsc::channel::<Note>();
@@ -114,6 +121,7 @@ pub fn serve(
             listener.clone(),
             settings.clone(),
             tokens.clone(),
+            clients.clone(),
             telemetry.clone(),
             stopping.clone(),
             tx.clone(),
@@ -224,6 +232,7 @@ fn spawn_executor(
     listener: Arc<TcpListener>,
     settings: Arc<Settings>,
     tokens: Option<Arc<crate::token::Redeemer>>,
+    clients: Option<Arc<crate::limits::ClientLimits>>,
     telemetry: Arc<Telemetry>,
     stopping: Arc<AtomicBool>,
     tx: mpsc::Sender<Note>,
@@ -295,6 +304,7 @@ fn spawn_executor(
                 capacity,
                 large: crate::rdp::large::LargeBudget::new(large_frames),
                 tokens,
+                clients,
             });
             let _ = tx.send(Note::Ready);
             ex.run(core.run(listener, stopping));

@@ -10,10 +10,12 @@ use async_tungstenite::WebSocketStream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::{Sink, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, Sink, StreamExt};
 use glommio::net::TcpStream;
 use ironrdp_egfx::pdu::QueueDepth;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
@@ -21,6 +23,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
+use crate::limits::ClientSlot;
 use crate::protocol::{State, CLOSE_TARGET_REFUSED, CLOSE_TOKEN_REFUSED};
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
 use crate::session::{Action, Outbound, Phase, Session, TargetRequest};
@@ -39,6 +42,8 @@ const MAX_CLOSE_REASON: usize = 123;
 const CLOSE_RDP_ENDED: u16 = 4000;
 /// Close code for "the browser sent nothing for the idle timeout".
 const CLOSE_IDLE: u16 = 4001;
+/// RFC 6455 "internal error": a bug in the gateway ended this session (its task panicked).
+const CLOSE_INTERNAL: u16 = 1011;
 
 enum Event {
     Browser(Option<Result<Message, tungstenite::Error>>),
@@ -48,6 +53,8 @@ enum Event {
     Rdp(Result<RdpEvent, RdpError>),
     Shutdown,
     Idle,
+    /// The page has not said hello within the hello timeout.
+    NoHello,
 }
 
 /// Why the session ended, for the log and the close frame.
@@ -58,12 +65,15 @@ struct End {
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// Runs one session to its end. `client` is the session's count against its address's
+/// limit, given back when this returns.
 pub async fn run(
     core: Rc<Core>,
     stream: TcpStream,
     leftover: Vec<u8>,
     share: SessionShare,
     peer: SocketAddr,
+    client: Option<ClientSlot>,
 ) {
     let max = core.settings.ws_max_message;
     let config = WebSocketConfig::default()
@@ -84,27 +94,77 @@ pub async fn run(
     CoreCounters::inc(&counters.sessions_active);
     CoreCounters::inc(&counters.sessions_total);
     let core_id = u16::try_from(core.index).unwrap_or(u16::MAX);
-    let mut session = Session::start(share, core_id, u32::try_from(max).unwrap_or(u32::MAX))
+    let session = Session::start(share, core_id, u32::try_from(max).unwrap_or(u32::MAX))
         .with_audio(core.settings.audio);
     let id = session.id();
     info!(session = id, cpu = core.cpu, %peer, "session started");
+    // A bug in one session must end that session only. Everything the session owns (its
+    // state and arena share, its RDP connection, large-message permits) lives in `drive`'s
+    // future, so a panic drops it on the way out and the share comes back; the WebSocket is
+    // borrowed, so the page still gets a close frame saying what happened. What the future
+    // shares with the core is counters and the core's own cells, which a panic cannot leave
+    // half-updated: asserting unwind safety is sound here.
+    let outcome = AssertUnwindSafe(drive(&core, &mut ws, session, id))
+        .catch_unwind()
+        .await;
+    let end = match outcome {
+        Ok(end) => end,
+        Err(payload) => {
+            CoreCounters::inc(&counters.sessions_panicked);
+            error!(
+                session = id,
+                panic = %panic_text(payload.as_ref()),
+                "session panicked: it is closed with 1011; the executor and other sessions run on"
+            );
+            let reason =
+                format!("session {id}: internal error in this session; reconnect to start anew");
+            close(&mut ws, CLOSE_INTERNAL, reason).await
+        }
+    };
+    CoreCounters::dec(&counters.sessions_active);
+    if matches!(end.code, 1000 | 1001 | CLOSE_RDP_ENDED) {
+        info!(session = id, code = end.code, reason = %end.reason, "session ended");
+    } else {
+        warn!(session = id, code = end.code, reason = %end.reason, "session ended");
+    }
+    // When this was the core's last session, the heap its sessions used goes back to the
+    // kernel, as the arena's pages did when the share was released: a little later, once the
+    // connection's own buffers and sockets are gone too, and only if no session came since.
+    drop((ws, client));
+    if core.arena.stats().sessions_admitted() == 0 {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(HEAP_SETTLE).await;
+            if core.arena.stats().sessions_admitted() == 0 {
+                arena::give_back_free_heap();
+            }
+        })
+        .detach();
+    }
+}
+
+/// The session's loop, from its ServerHello to the reason it ended; the RDP side is logged
+/// off before it returns. The session, its share and its RDP connection are dropped here.
+async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> End {
+    let counters = core.counters.clone();
+    let core = core.clone();
     let mut rdp: Option<RdpClient> = None;
     let idle_timeout = core.settings.idle_timeout;
-    let mut last_heard = std::time::Instant::now();
+    let hello_timeout = core.settings.hello_timeout;
+    let started = std::time::Instant::now();
+    let mut last_heard = started;
     let mut graphics_open = true;
     let mut writer = Writer::default();
 
     let end = loop {
-        if let Some(end) =
-            run_actions(&core, &mut ws, &mut writer, &mut session, &mut rdp, id).await
-        {
+        if let Some(end) = run_actions(&core, ws, &mut writer, &mut session, &mut rdp, id).await {
             break end;
         }
         if session.phase() == Phase::Ended {
             // The reason goes out before the close; a page that stopped reading gets a
             // little while, not forever.
             let written = futures_lite::future::or(
-                async { Some(flush(&mut ws, &mut writer, &mut session, &counters).await) },
+                async { Some(flush(ws, &mut writer, &mut session, &counters).await) },
                 async {
                     glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
                     None
@@ -118,7 +178,7 @@ pub async fn run(
                 .close_frame()
                 .unwrap_or((CLOSE_RDP_ENDED, "the remote desktop session ended"));
             let reason = reason.to_owned();
-            break close(&mut ws, code, reason).await;
+            break close(ws, code, reason).await;
         }
         count(&counters, &mut session, rdp.as_mut());
         CoreCounters::add(&counters.large_frame_waits, core.large.take_waits());
@@ -130,6 +190,7 @@ pub async fn run(
         // Large messages' room goes back once written; the loop must come round for that.
         let holds_large = rdp.as_mut().is_some_and(RdpClient::holds_large);
         let take_rdp = session.wants_rdp();
+        let session_phase = session.phase();
         let graphics = session.wants_graphics();
         if graphics_open && !graphics {
             CoreCounters::inc(&counters.graphics_paused);
@@ -141,14 +202,7 @@ pub async fn run(
                 // to read, the server is still read (sound is dropped, not queued) and the
                 // page's own messages are still taken.
                 std::future::poll_fn(|cx| {
-                    poll_browser(
-                        &mut ws,
-                        &mut writer,
-                        &mut session,
-                        &counters,
-                        holds_large,
-                        cx,
-                    )
+                    poll_browser(ws, &mut writer, &mut session, &counters, holds_large, cx)
                 }),
                 async {
                     match rdp.as_mut() {
@@ -164,10 +218,21 @@ pub async fn run(
                 },
                 async {
                     // One timer per wait, firing only at the deadline: an idle session costs
-                    // no wake-ups.
-                    let left = idle_timeout.saturating_sub(last_heard.elapsed());
-                    glommio::timer::sleep(left).await;
-                    Event::Idle
+                    // no wake-ups. Until the hello, the hello deadline counts too: pings
+                    // alone must not hold a session slot.
+                    let idle_left = idle_timeout.saturating_sub(last_heard.elapsed());
+                    let hello_left = (session_phase == Phase::AwaitHello)
+                        .then(|| hello_timeout.saturating_sub(started.elapsed()));
+                    match hello_left {
+                        Some(left) if left < idle_left => {
+                            glommio::timer::sleep(left).await;
+                            Event::NoHello
+                        }
+                        _ => {
+                            glommio::timer::sleep(idle_left).await;
+                            Event::Idle
+                        }
+                    }
                 },
             ),
         )
@@ -176,14 +241,21 @@ pub async fn run(
             Event::WriteFailed(end) => break end,
             Event::Written => {}
             Event::Shutdown => {
-                break close(&mut ws, 1001, "gateway is shutting down".to_owned()).await;
+                break close(ws, 1001, "gateway is shutting down".to_owned()).await;
             }
             Event::Idle => {
                 let reason = format!(
                     "session {id}: no message from the browser for {}",
                     humantime::format_duration(idle_timeout)
                 );
-                break close(&mut ws, CLOSE_IDLE, reason).await;
+                break close(ws, CLOSE_IDLE, reason).await;
+            }
+            Event::NoHello => {
+                let reason = format!(
+                    "session {id}: no ClientHello or TokenHello within {} of opening",
+                    humantime::format_duration(hello_timeout)
+                );
+                break close(ws, 1008, reason).await;
             }
             Event::Rdp(Ok(ev)) => session.on_rdp_event(&ev),
             Event::Rdp(Err(err)) => session.on_rdp_end(&err.to_string()),
@@ -213,7 +285,7 @@ pub async fn run(
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
                 };
                 if let Err(err) = res {
-                    break close(&mut ws, err.close_code(), err.to_string()).await;
+                    break close(ws, err.close_code(), err.to_string()).await;
                 }
             }
             Event::Browser(Some(Err(tungstenite::Error::Capacity(
@@ -223,14 +295,17 @@ pub async fn run(
                 let reason = format!(
                     "session {id}: message of {size} bytes exceeds the limit of {max_size}"
                 );
-                break close(&mut ws, 1009, reason).await;
+                break close(ws, 1009, reason).await;
             }
-            Event::Browser(Some(Err(err))) => {
-                break End {
-                    code: 1002,
-                    reason: format!("websocket error: {err}"),
-                };
-            }
+            Event::Browser(Some(Err(err))) => match browser_error(id, &err) {
+                Some((code, reason)) => break close(ws, code, reason).await,
+                None => {
+                    break End {
+                        code: 1006,
+                        reason: format!("browser went away: {err}"),
+                    }
+                }
+            },
         }
     };
     if let Some(mut client) = rdp.take() {
@@ -241,25 +316,71 @@ pub async fn run(
         })
         .await;
     }
-    CoreCounters::dec(&counters.sessions_active);
-    if matches!(end.code, 1000 | 1001 | CLOSE_RDP_ENDED) {
-        info!(session = id, code = end.code, reason = %end.reason, "session ended");
-    } else {
-        warn!(session = id, code = end.code, reason = %end.reason, "session ended");
-    }
-    // When this was the core's last session, the heap its sessions used goes back to the
-    // kernel, as the arena's pages did when the share was released: a little later, once the
-    // connection's own buffers and sockets are gone too, and only if no session came since.
-    drop((session, writer, ws));
-    if core.arena.stats().sessions_admitted() == 0 {
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(HEAP_SETTLE).await;
-            if core.arena.stats().sessions_admitted() == 0 {
-                arena::give_back_free_heap();
+    end
+}
+
+/// A panic's message, for the log line.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+/// What a WebSocket-level error from the browser means: a close code and reason to send, or
+/// `None` when the browser is already gone (nothing can be sent).
+fn browser_error(id: u64, err: &tungstenite::Error) -> Option<(u16, String)> {
+    use tungstenite::error::ProtocolError as P;
+    let what = match err {
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Io(_)
+        | tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => return None,
+        tungstenite::Error::Utf8(_) => {
+            return Some((
+                1007,
+                format!("session {id}: a text message or close reason that is not UTF-8"),
+            ))
+        }
+        tungstenite::Error::Capacity(c) => {
+            return Some((
+                1009,
+                format!("session {id}: {}", lowercase_first(&c.to_string())),
+            ))
+        }
+        tungstenite::Error::Protocol(p) => match p {
+            P::FragmentedControlFrame => "a fragmented control frame".to_owned(),
+            P::ControlFrameTooBig => "a control frame above 125 bytes".to_owned(),
+            P::UnmaskedFrameFromClient => {
+                "an unmasked frame (browsers mask every frame)".to_owned()
             }
-        })
-        .detach();
+            P::NonZeroReservedBits => "reserved bits set, with no extension agreed".to_owned(),
+            P::UnknownControlFrameType(op) | P::UnknownDataFrameType(op) | P::InvalidOpcode(op) => {
+                format!("unknown opcode {op}")
+            }
+            P::UnexpectedContinueFrame => {
+                "a continuation frame with no message to continue".to_owned()
+            }
+            P::ExpectedFragment(_) => {
+                "a new message before the fragmented one was finished".to_owned()
+            }
+            other => lowercase_first(&other.to_string()),
+        },
+        other => lowercase_first(&other.to_string()),
+    };
+    Some((
+        1002,
+        format!("session {id}: websocket protocol error: {what}"),
+    ))
+}
+
+/// tungstenite's messages start with a capital; ours are sentences inside a sentence.
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 
@@ -397,6 +518,10 @@ async fn run_actions(
 ) -> Option<End> {
     let counters = &core.counters;
     while let Some(action) = session.poll_action() {
+        #[cfg(debug_assertions)]
+        if let Action::Connect { width, .. } | Action::Resize { width, .. } = &action {
+            super::fault::at_width(id, *width);
+        }
         let result = match action {
             Action::Connect {
                 target,
@@ -597,4 +722,54 @@ async fn close(ws: &mut Ws, code: u16, reason: String) -> End {
     };
     let _ = ws.close(Some(frame)).await;
     End { code, reason }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tungstenite::error::ProtocolError as P;
+
+    #[test]
+    fn framing_errors_close_in_words_and_a_vanished_browser_gets_nothing() {
+        let e = |err| browser_error(7, &err);
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::FragmentedControlFrame)),
+            Some((
+                1002,
+                "session 7: websocket protocol error: a fragmented control frame".to_owned()
+            ))
+        );
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::UnknownDataFrameType(3)))
+                .unwrap()
+                .1,
+            "session 7: websocket protocol error: unknown opcode 3"
+        );
+        assert_eq!(
+            e(tungstenite::Error::Protocol(P::InvalidCloseSequence))
+                .unwrap()
+                .1,
+            "session 7: websocket protocol error: invalid close sequence"
+        );
+        assert_eq!(e(tungstenite::Error::Utf8("bad".into())).unwrap().0, 1007);
+        for gone in [
+            tungstenite::Error::ConnectionClosed,
+            tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake),
+            tungstenite::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+        ] {
+            assert_eq!(e(gone), None);
+        }
+    }
+
+    /// Panic isolation (`run` catches a session's panic) needs unwinding: a profile that
+    /// aborts on panic would turn one session's bug into the whole gateway's exit.
+    #[test]
+    fn no_profile_aborts_on_panic() {
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(
+            !manifest.replace(' ', "").contains("panic=\"abort\""),
+            "Cargo.toml sets panic = \"abort\""
+        );
+    }
 }
