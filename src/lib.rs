@@ -10,6 +10,7 @@ pub mod http;
 pub mod policy;
 pub mod protocol;
 pub mod rdp;
+pub mod resume;
 pub mod runtime;
 pub mod session;
 pub mod sizing;

@@ -33,6 +33,8 @@ keys! {
         "time a client has to send a complete HTTP request head";
     IDLE_TIMEOUT: "server.idle_timeout", "idle-timeout", "RDPWIRE_IDLE_TIMEOUT", Some("60s"),
         "a session whose browser sends nothing for this long is closed (the page pings every 2 s)";
+    SESSION_GRACE: "server.session_grace", "session-grace", "RDPWIRE_SESSION_GRACE", Some("30s"),
+        "how long a desktop whose browser went away (tab closed, network lost) is kept for the page to resume it with its ticket; it holds its memory share and session slot meanwhile; 0 ends it at once";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
     WS_MAX_MESSAGE: "server.ws_max_message", "ws-max-message", "RDPWIRE_WS_MAX_MESSAGE", Some("8KiB"),

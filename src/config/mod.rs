@@ -95,6 +95,8 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Silence from a browser after which its session is closed.
     pub idle_timeout: Duration,
+    /// How long a session whose browser went away waits to be resumed; zero: not at all.
+    pub session_grace: Duration,
     pub max_pending_http: usize,
     pub ws_max_message: usize,
     pub log_format: LogFormat,
@@ -297,6 +299,9 @@ impl Layers {
                     Duration::from_secs(24 * 3600),
                 )
             })?,
+            session_grace: self.req(SESSION_GRACE, |s| {
+                duration(s, Duration::ZERO, Duration::from_secs(24 * 3600))
+            })?,
             max_pending_http: self.req(MAX_PENDING_HTTP, |s| count(s, 1, 65536))?,
             ws_max_message: self.req(WS_MAX_MESSAGE, |s| size(s, 1024, 16 << 20))?,
             log_format: self.req(LOG_FORMAT, log_format)?,
@@ -427,6 +432,7 @@ mod tests {
         assert_eq!(s.max_sessions, Some(3));
         assert_eq!(s.cores, Some(1));
         assert_eq!(s.http_timeout, Duration::from_secs(10));
+        assert_eq!(s.session_grace, Duration::from_secs(30));
     }
 
     #[test]

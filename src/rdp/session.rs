@@ -528,6 +528,43 @@ impl Session {
         Ok(true)
     }
 
+    /// Asks the server to stop sending the desktop (no page is watching), or with `Some`
+    /// size to send it again; `refresh` also asks for the whole desktop to be repainted, so a
+    /// new page gets a complete picture (a key frame) to start from.
+    pub fn suppress_output(
+        &mut self,
+        resume: Option<(u16, u16)>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        use ironrdp_pdu::geometry::InclusiveRectangle;
+        use ironrdp_pdu::rdp::headers::ShareDataPdu;
+        use ironrdp_pdu::rdp::refresh_rectangle::RefreshRectanglePdu;
+        use ironrdp_pdu::rdp::suppress_output::SuppressOutputPdu;
+        self.check_live()?;
+        let whole = resume.map(|(w, h)| InclusiveRectangle {
+            left: 0,
+            top: 0,
+            right: w.saturating_sub(1),
+            bottom: h.saturating_sub(1),
+        });
+        let mut pdus = vec![ShareDataPdu::SuppressOutput(SuppressOutputPdu {
+            desktop_rect: whole.clone(),
+        })];
+        if let Some(rect) = whole {
+            pdus.push(ShareDataPdu::RefreshRectangle(RefreshRectanglePdu {
+                areas_to_refresh: vec![rect],
+            }));
+        }
+        for pdu in pdus {
+            let mut buf = WriteBuf::new();
+            self.stage
+                .encode_static(&mut buf, pdu)
+                .map_err(|e| self.session_error("asking for the desktop", &e))?;
+            out.extend_from_slice(buf.filled());
+        }
+        Ok(())
+    }
+
     /// Asks the server to end the session; it answers by disconnecting.
     pub fn shutdown(&mut self, out: &mut Vec<u8>) -> Result<(), RdpError> {
         self.check_live()?;

@@ -6,6 +6,7 @@ mod connection;
 mod core;
 mod plan;
 pub mod rdp_client;
+mod reattach;
 mod shutdown;
 mod supervisor;
 mod uring;

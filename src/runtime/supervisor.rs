@@ -105,7 +105,9 @@ pub fn serve(
     }
 
     let mut threads = Vec::new();
+    let mut ends = super::core::HandoffEnds::mesh(plan.cpus.len()).into_iter();
     for (index, (&cpu, listener)) in plan.cpus.iter().zip(listeners.iter()).enumerate() {
+        let Some(ends) = ends.next() else { break };
         let capacity = sizing.per_core.get(index).copied().unwrap_or(0);
         let spawn = spawn_executor(
             index,
@@ -117,6 +119,7 @@ pub fn serve(
             telemetry.clone(),
             stopping.clone(),
             tx.clone(),
+            ends,
         );
         match spawn {
             Ok(t) => threads.push(t),
@@ -227,6 +230,7 @@ fn spawn_executor(
     telemetry: Arc<Telemetry>,
     stopping: Arc<AtomicBool>,
     tx: mpsc::Sender<Note>,
+    ends: super::core::HandoffEnds,
 ) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
     std::thread::Builder::new()
         .name(format!("rdpwire-cpu{cpu}"))
@@ -284,6 +288,7 @@ fn spawn_executor(
             );
             let core = Rc::new(Core {
                 index,
+                cores: ends.senders.len() + 1,
                 cpu,
                 arena,
                 settings,
@@ -295,9 +300,11 @@ fn spawn_executor(
                 capacity,
                 large: crate::rdp::large::LargeBudget::new(large_frames),
                 tokens,
+                resumable: super::reattach::Table::default(),
+                handoff: std::cell::RefCell::new(Vec::new()),
             });
             let _ = tx.send(Note::Ready);
-            ex.run(core.run(listener, stopping));
+            ex.run(core.run(listener, stopping, ends));
         })
         .map_err(|err| RuntimeError::Thread { cpu, err })
 }
