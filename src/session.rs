@@ -452,6 +452,10 @@ impl Session {
     /// desktop size, the graphics set-up, and the server is asked for a whole new picture.
     /// The old page's unanswered frames are acknowledged so the server sends again.
     pub fn reattach(&mut self) {
+        // A page replacing one that is still attached: its unanswered frames count too.
+        if let Some(&(last, _)) = self.frames_in_flight.back() {
+            self.unanswered = Some(last);
+        }
         self.attached = true;
         self.out.clear();
         self.frames_in_flight.clear();

@@ -302,7 +302,13 @@ impl Session {
                 }))?
             }
             ActiveStageOutput::Terminate(reason) => {
-                let reason = reason.description();
+                use ironrdp_session::GracefulDisconnectReason as Why;
+                // The page shows this as it is: say who ended it in the user's words.
+                let reason = match reason {
+                    Why::ServerInitiated => "the remote desktop closed the connection".to_owned(),
+                    Why::UserInitiated => "the session was logged off".to_owned(),
+                    Why::Other(other) => other,
+                };
                 info!(host = self.host, %reason, "server ended the rdp session");
                 self.ended = Some(reason);
             }
@@ -1086,7 +1092,7 @@ mod tests {
         assert_eq!(
             s.next_event(),
             Some(RdpEvent::Disconnected {
-                reason: "server initiated disconnect".into()
+                reason: "the remote desktop closed the connection".into()
             })
         );
         assert_eq!(s.next_event(), None);

@@ -93,6 +93,7 @@ pub async fn handle_handoff(core: Rc<Core>, handoff: Handoff) {
         bytes,
         peer,
     } = handoff;
+    debug!(%peer, cpu = core.cpu, "handed-off connection arrived");
     let stream = TcpStream::from(socket2::Socket::from(stream));
     match parse_head(&bytes, HTTP_HEAD_LIMIT) {
         Ok(Some((head, consumed))) => serve(core, stream, head, bytes, consumed, peer, None).await,
@@ -118,6 +119,7 @@ async fn serve(
                 Ok(None) => {}
                 Ok(Some(id)) => {
                     let owner = crate::resume::core_of(id);
+                    debug!(%peer, session = id, cpu = core.cpu, owner, "resume request");
                     if owner == core.index {
                         let leftover = bytes.get(consumed..).unwrap_or(&[]).to_vec();
                         drop(bytes);

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use futures_util::{Sink, StreamExt};
 use glommio::net::TcpStream;
 use ironrdp_egfx::pdu::QueueDepth;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
@@ -437,6 +437,7 @@ pub async fn resume(
         },
     )
     .await;
+    debug!(session = id, %peer, got = first.is_some(), "resume: first message");
     let presented = first.and_then(|b| match FromBrowser::decode(&b) {
         Ok(FromBrowser::Resume { session_id, ticket }) => Some((session_id, ticket)),
         _ => None,
