@@ -312,6 +312,60 @@ fn demo_desktop_answers_clicks_and_typing_in_the_browser() {
     );
 }
 
+/// A reload is not the end of the desktop: the page keeps its resume ticket in the tab's
+/// sessionStorage, the reloaded page takes the running session over, and what was typed before
+/// is on the screen again (the same RDP connection, a fresh key frame for the new decoder).
+#[test]
+fn a_reloaded_page_finds_its_desktop_as_it_left_it() {
+    let _turn = serial();
+    let gw = Gateway::start_demo(&["--cores", "1"]);
+    let mut b = Chromium::launch();
+    let url = format!("http://{}/", gw.addr);
+    b.navigate(&url);
+    b.wait_for(
+        "rdpwire.stats().state === 'connected' && rdpwire.stats().framesDecoded > 0 \
+         && rdpwire.stats().resumable",
+        Duration::from_secs(20),
+    );
+    let session = b.stats()["sessionId"].clone();
+    let stored = b.eval("sessionStorage.getItem('rdpwire.resume') !== null");
+    assert_eq!(stored, true, "the ticket is kept for this tab");
+    assert!(
+        !b.eval("location.href").as_str().unwrap().contains("resume"),
+        "never in the address"
+    );
+    let (tx, ty, scale) = rdpwire::demo::painter::TYPED_AT;
+    let line = [u32::from(tx), u32::from(ty), 16 * 3, 8 * u32::from(scale)];
+    let before = white_pixels(&mut b, line);
+    b.key("KeyW", "w", "w");
+    b.key("KeyM", "m", "m");
+    b.key("KeyH", "h", "h");
+    assert!(
+        support::eventually(Duration::from_secs(3), || white_pixels(&mut b, line)
+            > before + 30),
+        "typing did not show\n{}",
+        b.describe_page()
+    );
+
+    // Reload: a new page, a new WebSocket, the same desktop.
+    b.navigate(&url);
+    b.wait_for(
+        "rdpwire.stats().resumed && rdpwire.stats().state === 'connected' \
+         && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    assert_eq!(b.stats()["sessionId"], session, "the same session");
+    assert!(
+        support::eventually(Duration::from_secs(5), || white_pixels(&mut b, line)
+            > before + 30),
+        "the text typed before the reload is not on the screen\n{}",
+        b.describe_page()
+    );
+    assert_eq!(b.stats()["decodeErrors"], 0);
+    assert!(gw.log_text().contains("session resumed by a new page"));
+    assert_eq!(gw.metrics().get("rdpwire_sessions_active"), 1);
+}
+
 /// The demo's tune in the browser: a click on the desktop's "play tune" button, the server
 /// sends 440 Hz then 880 Hz as 44.1 kHz PCM, the gateway resamples and encodes it, and the
 /// page decodes and plays it. The test records what the page's worklet played.
