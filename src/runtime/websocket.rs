@@ -438,9 +438,16 @@ pub async fn resume(
     )
     .await;
     debug!(session = id, %peer, got = first.is_some(), "resume: first message");
-    let presented = first.and_then(|b| match FromBrowser::decode(&b) {
-        Ok(FromBrowser::Resume { session_id, ticket }) => Some((session_id, ticket)),
-        _ => None,
+    let presented = first.and_then(|b| {
+        let found = match FromBrowser::decode(&b) {
+            Ok(FromBrowser::Resume { session_id, ticket }) => Some((session_id, ticket)),
+            _ => None,
+        };
+        // The message held the ticket; the decoded copy is wiped when dropped.
+        if let Ok(mut owned) = b.try_into_mut() {
+            zeroize::Zeroize::zeroize(&mut owned[..]);
+        }
+        found
     });
     let verdict = match presented {
         None => Err(Refusal::NoTicket),
