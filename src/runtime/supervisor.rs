@@ -1,8 +1,10 @@
 //! The main thread: starts one pinned executor per CPU, waits for signals, drains, stops.
 //!
-//! Executors never talk to each other. The main thread reaches them only through what they
-//! already watch: the draining flag they read on each upgrade, and their listeners, whose
-//! shutdown wakes the accept loop and ends the executor.
+//! Executors talk to each other only to hand a resuming page's connection to the core that
+//! runs its session (`reattach`; channels made here, one per ordered pair of cores). The main
+//! thread reaches them only through what they already watch: the draining flag they read on
+//! each upgrade, and their listeners, whose shutdown wakes the accept loop and ends the
+//! executor.
 
 use std::net::TcpListener;
 use std::rc::Rc;

@@ -270,6 +270,9 @@ pub async fn run(
             }
             Event::Resumed(arrival) => {
                 if let Some(mut old) = ws.take() {
+                    // As if the old page had gone first: the server stops drawing until the
+                    // new page's refresh, so the new page's first picture is a whole one.
+                    session.detach();
                     let why = "another page resumed this session".to_owned();
                     let _ = close_within(&mut old, CLOSE_RESUMED_ELSEWHERE, why).await;
                 }
@@ -308,11 +311,12 @@ pub async fn run(
                         res
                     }
                     Message::Text(_) => session.handle_text(),
-                    // 1000 is the page ending the session on purpose; anything else (a
-                    // reload or a closed tab says 1001) leaves it resumable.
+                    // 1001 ("going away") is what a browser sends for a page being
+                    // unloaded (a reload, a closed tab): the session stays resumable.
+                    // Any other close is the page ending it on purpose.
                     Message::Close(frame) => {
                         let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
-                        if code == 1000 || !keep {
+                        if code != 1001 || !keep {
                             break End {
                                 code: 1000,
                                 reason: "browser closed the session".to_owned(),
