@@ -11,6 +11,7 @@ pub mod limits;
 pub mod policy;
 pub mod protocol;
 pub mod rdp;
+pub mod resume;
 pub mod runtime;
 pub mod session;
 pub mod sizing;

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use crate::rdp::egfx::{Point, Rect};
 use crate::rdp::input::{MouseButton, WheelAxis};
 use crate::rdp::InputEvent;
+use crate::resume::{Ticket, TICKET_LEN};
 
 pub const VERSION: u8 = 1;
 
@@ -29,6 +30,10 @@ pub const MAX_TOKEN: usize = crate::token::MAX_TOKEN;
 pub const CLOSE_TOKEN_REFUSED: u16 = 4002;
 /// Close code: the target policy does not allow the target; the reason says why.
 pub const CLOSE_TARGET_REFUSED: u16 = 4003;
+/// Close code for "this session cannot be resumed" (ended, grace period over, wrong ticket).
+pub const CLOSE_RESUME_REFUSED: u16 = 4004;
+/// Close code for "another connection resumed this session" (the old page's socket).
+pub const CLOSE_RESUMED_ELSEWHERE: u16 = 4005;
 
 pub mod types {
     pub const SERVER_HELLO: u8 = 0x01;
@@ -36,6 +41,7 @@ pub mod types {
     pub const STATUS: u8 = 0x03;
     pub const DISCONNECTED: u8 = 0x04;
     pub const DESKTOP_SIZE: u8 = 0x05;
+    pub const RESUME_TICKET: u8 = 0x06;
     pub const RESET_GRAPHICS: u8 = 0x10;
     pub const CREATE_SURFACE: u8 = 0x11;
     pub const DELETE_SURFACE: u8 = 0x12;
@@ -65,6 +71,7 @@ pub mod types {
     pub const RESIZE: u8 = 0x89;
     pub const AUDIO_BUFFER: u8 = 0x8a;
     pub const TOKEN_HELLO: u8 = 0x8b;
+    pub const RESUME: u8 = 0x8c;
 }
 
 /// Audio codecs the page decodes; only Opus so far.
@@ -119,6 +126,12 @@ pub enum ToBrowser<'a> {
     DesktopSize {
         width: u16,
         height: u16,
+    },
+    /// The secret a page presents to resume this session from a new WebSocket.
+    ResumeTicket {
+        session_id: u64,
+        grace_secs: u32,
+        ticket: [u8; TICKET_LEN],
     },
     ResetGraphics {
         width: u16,
@@ -244,6 +257,11 @@ pub enum FromBrowser {
     AudioBuffer {
         buffer_ms: u16,
     },
+    /// Take over session `session_id` (first message on `/ws?resume=ID`, instead of a hello).
+    Resume {
+        session_id: u64,
+        ticket: Ticket,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,6 +338,7 @@ impl ToBrowser<'_> {
             ToBrowser::Status { .. } => STATUS,
             ToBrowser::Disconnected { .. } => DISCONNECTED,
             ToBrowser::DesktopSize { .. } => DESKTOP_SIZE,
+            ToBrowser::ResumeTicket { .. } => RESUME_TICKET,
             ToBrowser::ResetGraphics { .. } => RESET_GRAPHICS,
             ToBrowser::CreateSurface { .. } => CREATE_SURFACE,
             ToBrowser::DeleteSurface { .. } => DELETE_SURFACE,
@@ -363,6 +382,15 @@ impl ToBrowser<'_> {
                 w.put(text.as_bytes());
             }
             ToBrowser::Disconnected { reason } => w.put(reason.as_bytes()),
+            ToBrowser::ResumeTicket {
+                session_id,
+                grace_secs,
+                ticket,
+            } => {
+                w.u64(*session_id);
+                w.u32(*grace_secs);
+                w.put(ticket);
+            }
             ToBrowser::DesktopSize { width, height }
             | ToBrowser::ResetGraphics { width, height } => {
                 w.u16(*width);
@@ -551,6 +579,11 @@ impl ToBrowser<'_> {
                 width: r.u16()?,
                 height: r.u16()?,
             },
+            RESUME_TICKET => ToBrowser::ResumeTicket {
+                session_id: r.u64()?,
+                grace_secs: r.u32()?,
+                ticket: r.ticket()?,
+            },
             RESET_GRAPHICS => ToBrowser::ResetGraphics {
                 width: r.u16()?,
                 height: r.u16()?,
@@ -665,6 +698,7 @@ impl FromBrowser {
             FromBrowser::Input(InputEvent::Unicode { .. }) => "Unicode",
             FromBrowser::Resize { .. } => "Resize",
             FromBrowser::AudioBuffer { .. } => "AudioBuffer",
+            FromBrowser::Resume { .. } => "Resume",
         }
     }
 
@@ -716,6 +750,11 @@ impl FromBrowser {
             FromBrowser::AudioBuffer { buffer_ms } => {
                 v.push(AUDIO_BUFFER);
                 u16s(&mut v, &[*buffer_ms]);
+            }
+            FromBrowser::Resume { session_id, ticket } => {
+                v.push(RESUME);
+                v.extend_from_slice(&session_id.to_le_bytes());
+                v.extend_from_slice(ticket.as_bytes());
             }
             FromBrowser::Input(e) => match *e {
                 InputEvent::MouseMove { x, y } => {
@@ -795,6 +834,10 @@ impl FromBrowser {
                     token: zeroize::Zeroizing::new(String::from_utf8_lossy(token).into_owned()),
                 }
             }
+            RESUME => FromBrowser::Resume {
+                session_id: r.u64()?,
+                ticket: Ticket::from_bytes(r.ticket()?),
+            },
             FRAME_DECODED => FromBrowser::FrameDecoded {
                 frame_id: r.u32()?,
                 frames_decoded: r.u32()?,
@@ -941,6 +984,12 @@ impl<'a> Reader<'a> {
             })
             .collect()
     }
+    fn ticket(&mut self) -> Result<[u8; TICKET_LEN], ProtocolError> {
+        let mut t = [0u8; TICKET_LEN];
+        t.copy_from_slice(self.take(TICKET_LEN)?);
+        Ok(t)
+    }
+
     fn rest(&mut self) -> &'a [u8] {
         let s = self.body.get(self.at..).unwrap_or(&[]);
         self.at = self.body.len();
@@ -1056,6 +1105,11 @@ mod tests {
             ToBrowser::DesktopSize {
                 width: 1920,
                 height: 1080,
+            },
+            ToBrowser::ResumeTicket {
+                session_id: (1 << 48) | 3,
+                grace_secs: 30,
+                ticket: [7; TICKET_LEN],
             },
             ToBrowser::ResetGraphics {
                 width: 1920,
@@ -1179,6 +1233,10 @@ mod tests {
             FromBrowser::Resize {
                 width: 1600,
                 height: 900,
+            },
+            FromBrowser::Resume {
+                session_id: 5,
+                ticket: Ticket::from_bytes([9; TICKET_LEN]),
             },
         ];
         for m in msgs {

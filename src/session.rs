@@ -89,7 +89,30 @@ pub enum Action {
         frame_id: u32,
         queue_depth: u32,
     },
+    /// No page is attached: ask the server to stop drawing (Suppress Output).
+    SuppressOutput,
+    /// A new page took over: ask the server to draw again and repaint the whole desktop, so
+    /// the page gets a key frame to start from.
+    Refresh {
+        width: u16,
+        height: u16,
+    },
 }
+
+/// Most surfaces whose set-up a session remembers for a page that resumes it; servers use one
+/// per monitor, so a few are plenty.
+const MAX_REMEMBERED_SURFACES: usize = 16;
+
+/// The graphics set-up a new page needs before the next picture makes sense: the output size
+/// and the surfaces with where they show. No pixels.
+#[derive(Debug, Default)]
+struct GraphicsSetup {
+    reset: Option<(u16, u16)>,
+    surfaces: Vec<SurfaceSetup>,
+}
+
+/// A surface as a page must create it: (id, width, height, format, mapped at).
+type SurfaceSetup = (u16, u16, u16, u8, Option<(u16, u16)>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -143,6 +166,18 @@ pub struct Session {
     audio: Option<AudioSink>,
     /// The close frame for an ending the page must tell apart (a refused token or target).
     close: Option<(u16, String)>,
+    /// False while no page is attached (it went away and the session waits to be resumed):
+    /// nothing is queued for the page, graphics from the server are read and dropped, and no
+    /// frame is acknowledged, so the server's own flow control holds it back.
+    attached: bool,
+    /// The newest frame the server sent that was never acknowledged: acknowledged when a page
+    /// resumes, so the server's frame window opens again.
+    unanswered: Option<u32>,
+    /// The desktop size last announced.
+    desktop: Option<(u16, u16)>,
+    setup: GraphicsSetup,
+    /// Why the session ended, once it has.
+    ended: Option<String>,
 }
 
 impl Session {
@@ -164,6 +199,11 @@ impl Session {
             tiles: None,
             audio: None,
             close: None,
+            attached: true,
+            unanswered: None,
+            desktop: None,
+            setup: GraphicsSetup::default(),
+            ended: None,
         };
         let hello = ToBrowser::ServerHello {
             session_id: id,
@@ -233,8 +273,11 @@ impl Session {
     /// unanswered, and their bytes within the share. While false the shell reads the server
     /// only up to the next graphics event, so sound and pointer updates keep flowing.
     pub fn wants_graphics(&self) -> bool {
-        self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
-            && self.bytes_in_flight < self.bytes_budget()
+        // Detached: what the server still sends is read and dropped (it stops by itself
+        // within its frame window, since nothing is acknowledged).
+        !self.attached
+            || self.frames_in_flight.len() < MAX_FRAMES_IN_FLIGHT
+                && self.bytes_in_flight < self.bytes_budget()
     }
 
     /// Graphics bytes that may be unanswered by the page: the session's frame-chunk share.
@@ -342,6 +385,9 @@ impl Session {
                 }
                 Ok(())
             }
+            FromBrowser::Resume { .. } => Err(out_of_order(
+                "Resume is only valid as the first message of /ws?resume=ID".to_owned(),
+            )),
             FromBrowser::Input(e) => {
                 // Input while the desktop is still connecting has nowhere to go; it is dropped
                 // (a page may race the Connected status).
@@ -375,9 +421,133 @@ impl Session {
         self.close.as_ref().map(|(c, r)| (*c, r.as_str()))
     }
 
+    /// Queues the page's resume ticket (once the desktop is up): with it, a new WebSocket
+    /// may take this session over within `grace_secs` of losing its page.
+    pub fn offer_resume(&mut self, ticket: &crate::resume::Ticket, grace_secs: u32) {
+        let _ = self.queue(&ToBrowser::ResumeTicket {
+            session_id: self.id,
+            grace_secs,
+            ticket: *ticket.as_bytes(),
+        });
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// The page went away; the desktop stays for a page that resumes it. What waited for the
+    /// old page is dropped (its chunks go back to the share); the server is asked to stop
+    /// drawing, and frames the old page never answered stay unacknowledged.
+    pub fn detach(&mut self) {
+        if !self.attached {
+            return;
+        }
+        self.attached = false;
+        if let Some(&(last, _)) = self.frames_in_flight.back() {
+            self.unanswered = Some(last);
+        }
+        self.frames_in_flight.clear();
+        self.bytes_in_flight = 0;
+        self.frame_bytes = 0;
+        self.out.clear();
+        if let Some(a) = &self.audio {
+            let _ = a.with(AudioPipeline::restart_for_new_page);
+        }
+        if self.phase == Phase::Active {
+            self.actions.push_back(Action::SuppressOutput);
+        }
+    }
+
+    /// A new page took the session over: it gets a ServerHello (the same session), the
+    /// desktop size, the graphics set-up, and the server is asked for a whole new picture.
+    /// The old page's unanswered frames are acknowledged so the server sends again.
+    pub fn reattach(&mut self) {
+        // A page replacing one that is still attached: its unanswered frames count too.
+        if let Some(&(last, _)) = self.frames_in_flight.back() {
+            self.unanswered = Some(last);
+        }
+        self.attached = true;
+        self.out.clear();
+        self.frames_in_flight.clear();
+        self.bytes_in_flight = 0;
+        self.frame_bytes = 0;
+        let _ = self.queue(&ToBrowser::ServerHello {
+            session_id: self.id,
+            core: self.core,
+            max_message: self.max_message,
+        });
+        if let Some((width, height)) = self.desktop {
+            let _ = self.queue(&ToBrowser::DesktopSize { width, height });
+        }
+        if let Some((width, height)) = self.setup.reset {
+            let _ = self.queue(&ToBrowser::ResetGraphics { width, height });
+        }
+        let surfaces = self.setup.surfaces.clone();
+        for (surface, width, height, format, mapped) in surfaces {
+            let _ = self.queue(&ToBrowser::CreateSurface {
+                surface,
+                width,
+                height,
+                format,
+            });
+            if let Some((x, y)) = mapped {
+                let _ = self.queue(&ToBrowser::MapSurfaceToOutput { surface, x, y });
+            }
+        }
+        let _ = self.status(State::Connected, "resumed");
+        if let Some(a) = &self.audio {
+            let _ = a.with(AudioPipeline::restart_for_new_page);
+        }
+        if let Some(frame_id) = self.unanswered.take() {
+            self.actions.push_back(Action::AckFrame {
+                frame_id,
+                queue_depth: 0,
+            });
+        }
+        if let Some((width, height)) = self.desktop {
+            self.actions.push_back(Action::Refresh { width, height });
+        }
+    }
+
+    /// Remembers the graphics set-up a resuming page will need.
+    fn remember(&mut self, g: &GfxEvent) {
+        let setup = &mut self.setup;
+        match g {
+            GfxEvent::ResetGraphics { width, height, .. } => {
+                setup.reset = Some((clamp16(*width), clamp16(*height)));
+                setup.surfaces.clear();
+            }
+            GfxEvent::CreateSurface {
+                surface,
+                width,
+                height,
+                format,
+            } => {
+                setup.surfaces.retain(|s| s.0 != *surface);
+                if setup.surfaces.len() < MAX_REMEMBERED_SURFACES {
+                    let argb = u8::from(*format == SurfaceFormat::ARgb);
+                    setup.surfaces.push((*surface, *width, *height, argb, None));
+                }
+            }
+            GfxEvent::DeleteSurface { surface } => setup.surfaces.retain(|s| s.0 != *surface),
+            GfxEvent::MapSurfaceToOutput { surface, x, y } => {
+                if let Some(s) = setup.surfaces.iter_mut().find(|s| s.0 == *surface) {
+                    s.4 = Some((clamp16(*x), clamp16(*y)));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The RDP side failed or ended: the page gets the reason, the session ends.
     pub fn on_rdp_end(&mut self, reason: &str) {
         self.phase = Phase::Ended;
+        self.ended = Some(reason.to_owned());
         self.push_large(&ToBrowser::Disconnected {
             reason: Cow::Borrowed(reason),
         });
@@ -391,6 +561,8 @@ impl Session {
                 self.frames_in_flight.clear();
                 self.bytes_in_flight = 0;
                 self.frame_bytes = 0;
+                self.unanswered = None;
+                self.desktop = Some((*width, *height));
                 let _ = self.queue(&ToBrowser::DesktopSize {
                     width: *width,
                     height: *height,
@@ -426,6 +598,13 @@ impl Session {
     }
 
     fn on_graphics(&mut self, g: &GfxEvent) {
+        self.remember(g);
+        if !self.attached {
+            if let GfxEvent::EndFrame { frame_id } = g {
+                self.unanswered = Some(*frame_id);
+            }
+            return;
+        }
         let msg = match g {
             GfxEvent::ResetGraphics { width, height, .. } => ToBrowser::ResetGraphics {
                 width: clamp16(*width),
@@ -606,6 +785,9 @@ impl Session {
 
     /// Messages whose size is bounded by the protocol go to pool memory.
     fn queue(&mut self, msg: &ToBrowser<'_>) -> Result<(), SessionError> {
+        if !self.attached {
+            return Ok(());
+        }
         let session = self.id;
         let mut slot = self
             .share
@@ -620,6 +802,9 @@ impl Session {
 
     /// Graphics messages: pooled when they fit a chunk, else written out once in full.
     fn push_large(&mut self, msg: &ToBrowser<'_>) {
+        if !self.attached {
+            return;
+        }
         let len = msg.encoded_len();
         self.frame_bytes += len;
         if len <= self.share_chunk_size() {
@@ -780,6 +965,101 @@ mod tests {
         });
         drain(&mut s);
         s
+    }
+
+    #[test]
+    fn a_detached_session_drops_graphics_and_a_resuming_page_gets_the_setup_and_a_refresh() {
+        let a = arena(16);
+        let mut s = active(&a);
+        let gfx = |s: &mut Session, g: GfxEvent| s.on_rdp_event(&RdpEvent::Graphics(g));
+        gfx(
+            &mut s,
+            GfxEvent::ResetGraphics {
+                width: 1280,
+                height: 720,
+                monitors: vec![],
+            },
+        );
+        gfx(
+            &mut s,
+            GfxEvent::CreateSurface {
+                surface: 3,
+                width: 1280,
+                height: 720,
+                format: SurfaceFormat::XRgb,
+            },
+        );
+        gfx(
+            &mut s,
+            GfxEvent::MapSurfaceToOutput {
+                surface: 3,
+                x: 0,
+                y: 0,
+            },
+        );
+        gfx(&mut s, GfxEvent::EndFrame { frame_id: 1 });
+        // The page leaves with frame 1 unanswered and something unsent.
+        s.detach();
+        assert!(!s.is_attached());
+        assert_eq!(s.queued(), 0, "what waited for the old page is dropped");
+        assert_eq!(s.poll_action(), Some(Action::SuppressOutput));
+        // Graphics while detached are read (not held) and dropped; nothing is acknowledged.
+        assert!(s.wants_graphics() && s.wants_rdp());
+        for id in 2..=9 {
+            gfx(&mut s, GfxEvent::EndFrame { frame_id: id });
+        }
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.poll_action(), None);
+
+        s.reattach();
+        let msgs: Vec<_> = drain(&mut s);
+        let decoded: Vec<_> = msgs.iter().map(|m| ToBrowser::decode(m).unwrap()).collect();
+        assert!(
+            matches!(decoded[0], ToBrowser::ServerHello { session_id, .. } if session_id == s.id())
+        );
+        assert_eq!(
+            decoded[1..],
+            [
+                ToBrowser::DesktopSize {
+                    width: 1280,
+                    height: 720
+                },
+                ToBrowser::ResetGraphics {
+                    width: 1280,
+                    height: 720
+                },
+                ToBrowser::CreateSurface {
+                    surface: 3,
+                    width: 1280,
+                    height: 720,
+                    format: 0
+                },
+                ToBrowser::MapSurfaceToOutput {
+                    surface: 3,
+                    x: 0,
+                    y: 0
+                },
+                ToBrowser::Status {
+                    state: State::Connected,
+                    text: "resumed".into()
+                },
+            ]
+        );
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::AckFrame {
+                frame_id: 9,
+                queue_depth: 0
+            })
+        );
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::Refresh {
+                width: 1280,
+                height: 720
+            })
+        );
+        assert_eq!(s.frames_in_flight(), 0);
     }
 
     #[test]

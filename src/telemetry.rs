@@ -75,6 +75,15 @@ pub struct CoreCounters {
     pub tokens_refused: AtomicU64,
     /// Sessions whose target the target policy refused.
     pub targets_refused: AtomicU64,
+    /// Sessions whose page went away, waiting for one to resume them (they still hold their
+    /// share and slot).
+    pub sessions_detached: AtomicU64,
+    /// Sessions a new page took over with its resume ticket.
+    pub sessions_resumed: AtomicU64,
+    /// Resume attempts refused (ended session, wrong ticket, no ticket).
+    pub resumes_refused: AtomicU64,
+    /// Connections this core sent to the core owning the session they resume.
+    pub handoffs: AtomicU64,
     bytes: [AtomicU64; 4],
 }
 
@@ -269,6 +278,30 @@ impl Telemetry {
             "counter",
             "WebSocket upgrades answered 503 (full or draining).",
             &one(self.sum(|c| c.sessions_refused.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_sessions_detached",
+            "gauge",
+            "Sessions whose page went away, kept for the grace period (they hold their memory share).",
+            &one(self.sum(|c| c.sessions_detached.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_sessions_resumed_total",
+            "counter",
+            "Sessions a new page resumed with its ticket.",
+            &one(self.sum(|c| c.sessions_resumed.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_resumes_refused_total",
+            "counter",
+            "Resume attempts refused: the session ended, or the ticket was wrong or missing.",
+            &one(self.sum(|c| c.resumes_refused.load(Relaxed))),
+        );
+        metric(
+            "rdpwire_resume_handoffs_total",
+            "counter",
+            "Resuming connections accepted by one core and handed to the core owning the session.",
+            &one(self.sum(|c| c.handoffs.load(Relaxed))),
         );
         metric(
             "rdpwire_http_requests_total",

@@ -312,6 +312,131 @@ fn demo_desktop_answers_clicks_and_typing_in_the_browser() {
     );
 }
 
+/// A reload is not the end of the desktop: the page keeps its resume ticket in the tab's
+/// sessionStorage, the reloaded page takes the running session over, and what was typed before
+/// is on the screen again (the same RDP connection, a fresh key frame for the new decoder).
+#[test]
+fn a_reloaded_page_finds_its_desktop_as_it_left_it() {
+    let _turn = serial();
+    let gw = Gateway::start_demo(&["--cores", "1"]);
+    let mut b = Chromium::launch();
+    let url = format!("http://{}/", gw.addr);
+    b.navigate(&url);
+    b.wait_for(
+        "rdpwire.stats().state === 'connected' && rdpwire.stats().framesDecoded > 0 \
+         && rdpwire.stats().resumable",
+        Duration::from_secs(20),
+    );
+    let session = b.stats()["sessionId"].clone();
+    let stored = b.eval("sessionStorage.getItem('rdpwire.resume') !== null");
+    assert_eq!(stored, true, "the ticket is kept for this tab");
+    assert!(
+        !b.eval("location.href").as_str().unwrap().contains("resume"),
+        "never in the address"
+    );
+    let (tx, ty, scale) = rdpwire::demo::painter::TYPED_AT;
+    let line = [u32::from(tx), u32::from(ty), 16 * 3, 8 * u32::from(scale)];
+    let before = white_pixels(&mut b, line);
+    b.key("KeyW", "w", "w");
+    b.key("KeyM", "m", "m");
+    b.key("KeyH", "h", "h");
+    assert!(
+        support::eventually(Duration::from_secs(3), || white_pixels(&mut b, line)
+            > before + 30),
+        "typing did not show\n{}",
+        b.describe_page()
+    );
+
+    // Reload: a new page, a new WebSocket, the same desktop.
+    b.navigate(&url);
+    b.wait_for(
+        "rdpwire.stats().resumed && rdpwire.stats().state === 'connected' \
+         && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    assert_eq!(b.stats()["sessionId"], session, "the same session");
+    assert!(
+        support::eventually(Duration::from_secs(5), || white_pixels(&mut b, line)
+            > before + 30),
+        "the text typed before the reload is not on the screen\n{}",
+        b.describe_page()
+    );
+    assert_eq!(b.stats()["decodeErrors"], 0);
+    assert!(gw.log_text().contains("session resumed by a new page"));
+    assert_eq!(gw.metrics().get("rdpwire_sessions_active"), 1);
+}
+
+/// The remote desktop goes away mid-session (its server stops): the page says so in words and
+/// offers Reconnect; once the server is back, Reconnect opens the same target again.
+#[test]
+fn a_desktop_that_goes_away_is_reported_and_reconnect_brings_it_back() {
+    use rdpwire::demo::{Content, DemoAudio, DemoOptions, DemoServer, MAX_CONNECTIONS};
+    let _turn = serial();
+    let options = |bind| DemoOptions {
+        bind,
+        username: "demo".to_owned(),
+        password: "web-reconnect-3b7d".to_owned(),
+        audio: DemoAudio::Off,
+        content: Content::Desktop,
+        max_connections: MAX_CONNECTIONS,
+    };
+    let server = DemoServer::start(options("127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = server.addr();
+    let dir = std::env::temp_dir().join(format!("rdpwire-web-reconnect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let file = dir.join("gw.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[targets.desk]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"demo\"\n\
+             password_env = \"WEB_DESK_PW\"\ntls = \"insecure\"\n",
+            addr.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.env("WEB_DESK_PW", "web-reconnect-3b7d");
+    let gw = Gateway::start_with(cmd, &["--cores", "1", "--config", file.to_str().unwrap()]);
+    let mut b = Chromium::launch();
+    b.navigate(&format!("http://{}/?target=desk", gw.addr));
+    b.wait_for(
+        "rdpwire.stats().state === 'connected' && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    assert!(!b.visible("#reconnect"));
+
+    drop(server);
+    b.wait_for(
+        "rdpwire.stats().state === 'disconnected'",
+        Duration::from_secs(10),
+    );
+    let status = b.status_text();
+    assert!(
+        status.contains("the remote desktop closed the connection"),
+        "{status}"
+    );
+    assert!(b.visible("#reconnect"), "{}", b.describe_page());
+    assert!(
+        support::eventually(Duration::from_secs(5), || gw
+            .metrics()
+            .get("rdpwire_sessions_active")
+            == 0),
+        "the session's slot comes back"
+    );
+
+    let server = DemoServer::start(options(addr)).unwrap();
+    b.click_element("#reconnect");
+    b.wait_for(
+        "document.readyState === 'complete' && window.rdpwire && rdpwire.stats().state === 'connected' \
+         && rdpwire.stats().framesDecoded > 0",
+        Duration::from_secs(20),
+    );
+    assert_eq!(b.stats()["target"], "desk");
+    assert!(!b.visible("#reconnect"));
+    assert_eq!(server.observed().connections, 1);
+}
+
 /// The demo's tune in the browser: a click on the desktop's "play tune" button, the server
 /// sends 440 Hz then 880 Hz as 44.1 kHz PCM, the gateway resamples and encodes it, and the
 /// page decodes and plays it. The test records what the page's worklet played.

@@ -103,6 +103,21 @@ impl AudioPipeline {
         self.queue.queued() + held + self.browser_buffer
     }
 
+    /// A new page took over the session (a resume): what waited for the old page is stale,
+    /// and the new one needs an AudioStart before the stream's next packet.
+    pub fn restart_for_new_page(&mut self) {
+        let before = self.queue.dropped();
+        self.queue.clear();
+        self.counts.dropped += self.queue.dropped() - before;
+        self.browser_buffer = Duration::ZERO;
+        self.stop_pending = false;
+        self.announce = match &self.stream {
+            Some(Stream::Pcm(_)) => Some(super::OUTPUT_CHANNELS),
+            Some(Stream::Opus { channels, .. }) => Some(u8::try_from(*channels).unwrap_or(2)),
+            None => None,
+        };
+    }
+
     pub fn set_browser_buffer(&mut self, ms: u16) {
         self.browser_buffer = Duration::from_millis(u64::from(ms));
     }

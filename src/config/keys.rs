@@ -35,6 +35,8 @@ keys! {
         "a session whose browser sends nothing for this long is closed (the page pings every 2 s)";
     HELLO_TIMEOUT: "server.hello_timeout", "hello-timeout", "RDPWIRE_HELLO_TIMEOUT", Some("10s"),
         "time a page has, once its WebSocket is open, to send its ClientHello or TokenHello (pages send it at once); a session still without one is closed with 1008";
+    SESSION_GRACE: "server.session_grace", "session-grace", "RDPWIRE_SESSION_GRACE", Some("30s"),
+        "how long a desktop whose browser went away (tab closed, network lost) is kept for the page to resume it with its ticket; it holds its memory share and session slot meanwhile; 0 ends it at once";
     MAX_PENDING_HTTP: "server.max_pending_http", "max-pending-http", "RDPWIRE_MAX_PENDING_HTTP", Some("16"),
         "HTTP connections per core that may be reading a request at once";
     MAX_UPGRADES_PER_IP: "server.max_upgrades_per_ip", "max-upgrades-per-ip", "RDPWIRE_MAX_UPGRADES_PER_IP", Some("20"),

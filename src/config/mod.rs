@@ -97,6 +97,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Time from the upgrade to the page's hello; a session without one by then is closed.
     pub hello_timeout: Duration,
+    /// How long a session whose browser went away waits to be resumed; zero: not at all.
+    pub session_grace: Duration,
     pub max_pending_http: usize,
     /// WebSocket upgrades a second per client address; 0: no limit.
     pub max_upgrades_per_ip: u32,
@@ -315,6 +317,9 @@ impl Layers {
                     Duration::from_secs(24 * 3600),
                 )
             })?,
+            session_grace: self.req(SESSION_GRACE, |s| {
+                duration(s, Duration::ZERO, Duration::from_secs(24 * 3600))
+            })?,
             max_pending_http: self.req(MAX_PENDING_HTTP, |s| count(s, 1, 65536))?,
             max_upgrades_per_ip: self.req(MAX_UPGRADES_PER_IP, |s| count(s, 0, 1_000_000))? as u32,
             max_sessions_per_ip: self.req(MAX_SESSIONS_PER_IP, |s| count(s, 0, 1 << 24))? as u32,
@@ -447,6 +452,7 @@ mod tests {
         assert_eq!(s.max_sessions, Some(3));
         assert_eq!(s.cores, Some(1));
         assert_eq!(s.http_timeout, Duration::from_secs(10));
+        assert_eq!(s.session_grace, Duration::from_secs(30));
     }
 
     #[test]

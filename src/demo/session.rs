@@ -707,7 +707,15 @@ impl<'a> Session<'a> {
                     }
                     ShareDataPdu::ShutdownRequest => return Ok(Some(End::ClientShutdown)),
                     ShareDataPdu::SuppressOutput(pdu) => {
+                        let was = self.gfx.suppressed;
                         self.gfx.suppressed = pdu.desktop_rect.is_none();
+                        // A client that allows updates again may have lost the picture (a
+                        // gateway whose page was replaced): the next frame starts afresh.
+                        if was && !self.gfx.suppressed {
+                            if let Some(encoder) = self.gfx.encoder.as_mut() {
+                                encoder.force_key_frame();
+                            }
+                        }
                         debug!(suppressed = self.gfx.suppressed, "client suppress output");
                     }
                     ShareDataPdu::RefreshRectangle(_) => {

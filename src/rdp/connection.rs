@@ -295,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             explain(&target(), Phase::Finalization, &eof).to_string(),
-            "connection to rdp.example was lost: the server closed the connection while setting up the session"
+            "connection to rdp.example was lost: the remote desktop closed the connection while setting up the session"
         );
         let mut t = target();
         t.domain = Some("CORP".into());

@@ -126,8 +126,8 @@ pub enum RdpError {
 pub fn describe_io(err: &std::io::Error) -> String {
     use std::io::ErrorKind;
     match err.kind() {
-        ErrorKind::UnexpectedEof => "the server closed the connection".to_owned(),
-        ErrorKind::ConnectionReset => "the server reset the connection".to_owned(),
+        ErrorKind::UnexpectedEof => "the remote desktop closed the connection".to_owned(),
+        ErrorKind::ConnectionReset => "the remote desktop reset the connection".to_owned(),
         ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         ErrorKind::TimedOut => "timed out".to_owned(),
         ErrorKind::BrokenPipe => "the connection is closed".to_owned(),

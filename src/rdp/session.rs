@@ -302,7 +302,13 @@ impl Session {
                 }))?
             }
             ActiveStageOutput::Terminate(reason) => {
-                let reason = reason.description();
+                use ironrdp_session::GracefulDisconnectReason as Why;
+                // The page shows this as it is: say who ended it in the user's words.
+                let reason = match reason {
+                    Why::ServerInitiated => "the remote desktop closed the connection".to_owned(),
+                    Why::UserInitiated => "the session was logged off".to_owned(),
+                    Why::Other(other) => other,
+                };
                 info!(host = self.host, %reason, "server ended the rdp session");
                 self.ended = Some(reason);
             }
@@ -526,6 +532,43 @@ impl Session {
             .map_err(|e| self.session_error("resizing the desktop", &e))?;
         out.extend_from_slice(&bytes);
         Ok(true)
+    }
+
+    /// Asks the server to stop sending the desktop (no page is watching), or with `Some`
+    /// size to send it again; `refresh` also asks for the whole desktop to be repainted, so a
+    /// new page gets a complete picture (a key frame) to start from.
+    pub fn suppress_output(
+        &mut self,
+        resume: Option<(u16, u16)>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RdpError> {
+        use ironrdp_pdu::geometry::InclusiveRectangle;
+        use ironrdp_pdu::rdp::headers::ShareDataPdu;
+        use ironrdp_pdu::rdp::refresh_rectangle::RefreshRectanglePdu;
+        use ironrdp_pdu::rdp::suppress_output::SuppressOutputPdu;
+        self.check_live()?;
+        let whole = resume.map(|(w, h)| InclusiveRectangle {
+            left: 0,
+            top: 0,
+            right: w.saturating_sub(1),
+            bottom: h.saturating_sub(1),
+        });
+        let mut pdus = vec![ShareDataPdu::SuppressOutput(SuppressOutputPdu {
+            desktop_rect: whole.clone(),
+        })];
+        if let Some(rect) = whole {
+            pdus.push(ShareDataPdu::RefreshRectangle(RefreshRectanglePdu {
+                areas_to_refresh: vec![rect],
+            }));
+        }
+        for pdu in pdus {
+            let mut buf = WriteBuf::new();
+            self.stage
+                .encode_static(&mut buf, pdu)
+                .map_err(|e| self.session_error("asking for the desktop", &e))?;
+            out.extend_from_slice(buf.filled());
+        }
+        Ok(())
     }
 
     /// Asks the server to end the session; it answers by disconnecting.
@@ -1049,7 +1092,7 @@ mod tests {
         assert_eq!(
             s.next_event(),
             Some(RdpEvent::Disconnected {
-                reason: "server initiated disconnect".into()
+                reason: "the remote desktop closed the connection".into()
             })
         );
         assert_eq!(s.next_event(), None);

@@ -19,6 +19,7 @@ use crate::sizing::HTTP_HEAD_LIMIT;
 use crate::telemetry::CoreCounters;
 
 use super::core::Core;
+use super::reattach::Handoff;
 use super::websocket;
 
 /// Seconds a refused client is asked to wait before retrying.
@@ -31,6 +32,14 @@ const RETRY_RATE_SECS: u32 = 1;
 const LINGER: Duration = Duration::from_millis(500);
 
 pub async fn handle(core: Rc<Core>, stream: std::net::TcpStream, peer: SocketAddr) {
+    // A second descriptor of the socket, kept while the head is read: should the request
+    // resume a session on another core, this is what crosses to that core (glommio's stream
+    // cannot give its descriptor back without `unsafe`). Only with more than one core.
+    let spare = if core.cores > 1 {
+        stream.try_clone().ok()
+    } else {
+        None
+    };
     let stream = match stream.set_nonblocking(true) {
         Ok(()) => TcpStream::from(socket2::Socket::from(stream)),
         Err(err) => {
@@ -75,11 +84,63 @@ pub async fn handle(core: Rc<Core>, stream: std::net::TcpStream, peer: SocketAdd
         }
     };
     CoreCounters::inc(&core.counters.http_requests);
+    buf.truncate(filled);
+    serve(core, stream, head, buf, consumed, peer, spare).await;
+}
+
+/// A connection another core accepted for a session on this one: the head is parsed again
+/// from the bytes that came with it, and the request served here.
+pub async fn handle_handoff(core: Rc<Core>, handoff: Handoff) {
+    let Handoff {
+        stream,
+        bytes,
+        peer,
+    } = handoff;
+    debug!(%peer, cpu = core.cpu, "handed-off connection arrived");
+    let stream = TcpStream::from(socket2::Socket::from(stream));
+    match parse_head(&bytes, HTTP_HEAD_LIMIT) {
+        Ok(Some((head, consumed))) => serve(core, stream, head, bytes, consumed, peer, None).await,
+        _ => debug!(%peer, "dropping a handed-off connection whose head does not parse"),
+    }
+}
+
+/// Answers one request whose head is read; `bytes` is everything read, the head its first
+/// `consumed` bytes.
+async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    head: RequestHead,
+    bytes: Vec<u8>,
+    consumed: usize,
+    peer: SocketAddr,
+    spare: Option<std::net::TcpStream>,
+) {
     let head_only = head.method == "HEAD";
     let response = match route(&head) {
         Route::WebSocket => {
-            let leftover = buf.get(consumed..filled).unwrap_or(&[]).to_vec();
-            drop(buf);
+            match crate::resume::requested(head.query.as_deref()) {
+                Ok(None) => {}
+                Ok(Some(id)) => {
+                    let owner = crate::resume::core_of(id);
+                    debug!(%peer, session = id, cpu = core.cpu, owner, "resume request");
+                    if owner == core.index {
+                        let leftover = bytes.get(consumed..).unwrap_or(&[]).to_vec();
+                        drop(bytes);
+                        resume_upgrade(core, stream, &head, leftover, peer, id).await;
+                    } else {
+                        hand_off(core, stream, bytes, peer, spare, id, owner).await;
+                    }
+                    return;
+                }
+                Err(why) => {
+                    CoreCounters::inc(&core.counters.http_rejected);
+                    respond_and_close(stream, &Response::text(400, &why), false).await;
+                    return;
+                }
+            }
+            drop(spare);
+            let leftover = bytes.get(consumed..).unwrap_or(&[]).to_vec();
+            drop(bytes);
             upgrade(core, stream, &head, leftover, peer).await;
             return;
         }
@@ -134,6 +195,104 @@ async fn read_head(
             return Ok((head, consumed, filled));
         }
     }
+}
+
+/// Sends the connection to the core that owns session `id`. The socket's other descriptor
+/// goes; this core's is closed when `stream` drops (no shutdown: the socket lives on there).
+#[allow(clippy::too_many_arguments)]
+async fn hand_off(
+    core: Rc<Core>,
+    stream: TcpStream,
+    bytes: Vec<u8>,
+    peer: SocketAddr,
+    spare: Option<std::net::TcpStream>,
+    id: u64,
+    owner: usize,
+) {
+    let refuse = |why: &str| Response::unavailable(why, RETRY_FULL_SECS);
+    let Some(spare) = spare else {
+        // A connection that already crossed once, or a single-core gateway: the id names a
+        // core this process does not have.
+        let why = crate::resume::Refusal::NoCore.reason(id);
+        respond_and_close(stream, &Response::text(404, &why), false).await;
+        return;
+    };
+    let sent = {
+        let table = core.handoff.borrow();
+        match table.get(owner).and_then(Option::as_ref) {
+            Some(sender) => sender
+                .try_send(Handoff {
+                    stream: spare,
+                    bytes,
+                    peer,
+                })
+                .map_err(|_| "busy: the core that owns this session takes no more connections right now; retry shortly"),
+            None => Err("the core that owns this session is not running"),
+        }
+    };
+    match sent {
+        Ok(()) => {
+            CoreCounters::inc(&core.counters.handoffs);
+            info!(%peer, session = id, from = core.index, to = owner, "resume handed to the session's core");
+            drop(stream);
+        }
+        Err(why) => {
+            CoreCounters::inc(&core.counters.http_rejected);
+            info!(%peer, session = id, reason = why, "resume not handed off");
+            respond_and_close(stream, &refuse(why), false).await;
+        }
+    }
+}
+
+/// Upgrades a request to resume session `id` on this core: no admission (the session holds
+/// its share already); the page's first message must be its Resume with the ticket, within
+/// the HTTP timeout, and the pending-connection cap covers the wait.
+async fn resume_upgrade(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    id: u64,
+) {
+    let accept = head.to_http().and_then(|req| {
+        tungstenite::handshake::server::create_response(&req)
+            .map_err(|e| HttpError::BadUpgrade(e.to_string()))
+    });
+    let accept = match accept {
+        Ok(a) => a,
+        Err(err) => {
+            CoreCounters::inc(&core.counters.http_rejected);
+            respond_and_close(stream, &Response::text(400, &err.to_string()), false).await;
+            return;
+        }
+    };
+    if let Err(why) = crate::http::origin::check(head, &core.settings.allowed_origins) {
+        CoreCounters::inc(&core.counters.http_rejected);
+        info!(%peer, reason = %why, "resume refused");
+        respond_and_close(stream, &Response::text(403, &why), false).await;
+        return;
+    }
+    if core.pending_http.get() >= core.settings.max_pending_http {
+        CoreCounters::inc(&core.counters.http_rejected);
+        let r = Response::unavailable(
+            "busy: too many connections are sending requests to this core; retry shortly",
+            1,
+        );
+        respond_and_close(stream, &r, false).await;
+        return;
+    }
+    if stream
+        .write_all(&switching_protocols(&accept))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    core.pending_http.set(core.pending_http.get() + 1);
+    websocket::resume(core.clone(), stream, leftover, peer, id).await;
+    core.pending_http
+        .set(core.pending_http.get().saturating_sub(1));
 }
 
 async fn upgrade(

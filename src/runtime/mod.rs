@@ -8,6 +8,7 @@ mod core;
 mod fault;
 mod plan;
 pub mod rdp_client;
+mod reattach;
 mod shutdown;
 mod supervisor;
 mod uring;

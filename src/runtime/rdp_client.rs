@@ -234,6 +234,13 @@ impl RdpClient {
         Ok(asked)
     }
 
+    /// No page watches: the server is asked to stop drawing (`None`), or to draw again and
+    /// repaint the whole `(width, height)` desktop for a page that resumed the session.
+    pub async fn suppress_output(&mut self, resume: Option<(u16, u16)>) -> Result<(), RdpError> {
+        self.session.suppress_output(resume, &mut self.out)?;
+        self.flush().await
+    }
+
     /// Asks the server to end the session; keep reading events until `Disconnected`.
     pub async fn shutdown(&mut self) -> Result<(), RdpError> {
         self.session.shutdown(&mut self.out)?;

@@ -1,8 +1,10 @@
 //! The main thread: starts one pinned executor per CPU, waits for signals, drains, stops.
 //!
-//! Executors never talk to each other. The main thread reaches them only through what they
-//! already watch: the draining flag they read on each upgrade, and their listeners, whose
-//! shutdown wakes the accept loop and ends the executor.
+//! Executors talk to each other only to hand a resuming page's connection to the core that
+//! runs its session (`reattach`; channels made here, one per ordered pair of cores). The main
+//! thread reaches them only through what they already watch: the draining flag they read on
+//! each upgrade, and their listeners, whose shutdown wakes the accept loop and ends the
+//! executor.
 
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -112,7 +114,9 @@ pub fn serve(
     }
 
     let mut threads = Vec::new();
+    let mut ends = super::core::HandoffEnds::mesh(plan.cpus.len()).into_iter();
     for (index, (&cpu, listener)) in plan.cpus.iter().zip(listeners.iter()).enumerate() {
+        let Some(ends) = ends.next() else { break };
         let capacity = sizing.per_core.get(index).copied().unwrap_or(0);
         let spawn = spawn_executor(
             index,
@@ -125,6 +129,7 @@ pub fn serve(
             telemetry.clone(),
             stopping.clone(),
             tx.clone(),
+            ends,
         );
         match spawn {
             Ok(t) => threads.push(t),
@@ -236,6 +241,7 @@ fn spawn_executor(
     telemetry: Arc<Telemetry>,
     stopping: Arc<AtomicBool>,
     tx: mpsc::Sender<Note>,
+    ends: super::core::HandoffEnds,
 ) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
     std::thread::Builder::new()
         .name(format!("rdpwire-cpu{cpu}"))
@@ -293,6 +299,7 @@ fn spawn_executor(
             );
             let core = Rc::new(Core {
                 index,
+                cores: ends.senders.len() + 1,
                 cpu,
                 arena,
                 settings,
@@ -305,9 +312,11 @@ fn spawn_executor(
                 large: crate::rdp::large::LargeBudget::new(large_frames),
                 tokens,
                 clients,
+                resumable: super::reattach::Table::default(),
+                handoff: std::cell::RefCell::new(Vec::new()),
             });
             let _ = tx.send(Note::Ready);
-            ex.run(core.run(listener, stopping));
+            ex.run(core.run(listener, stopping, ends));
         })
         .map_err(|err| RuntimeError::Thread { cpu, err })
 }

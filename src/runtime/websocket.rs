@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::{FutureExt, Sink, StreamExt};
 use glommio::net::TcpStream;
 use ironrdp_egfx::pdu::QueueDepth;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tungstenite::error::CapacityError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
@@ -24,8 +24,12 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Bytes, Message};
 
 use crate::limits::ClientSlot;
-use crate::protocol::{State, CLOSE_TARGET_REFUSED, CLOSE_TOKEN_REFUSED};
+use crate::protocol::{
+    FromBrowser, State, CLOSE_RESUMED_ELSEWHERE, CLOSE_RESUME_REFUSED, CLOSE_TARGET_REFUSED,
+    CLOSE_TOKEN_REFUSED,
+};
 use crate::rdp::{DesktopSize, RdpError, RdpEvent, Target};
+use crate::resume::{Refusal, Ticket};
 use crate::session::{Action, Outbound, Phase, Session, TargetRequest};
 use crate::sizing::{ws_write_reserve, WS_FRAGMENT, WS_READ_BUFFER, WS_WRITE_BATCH};
 use crate::telemetry::{CoreCounters, Direction};
@@ -33,6 +37,7 @@ use crate::token::{Redeemed, TokenError};
 
 use super::core::Core;
 use super::rdp_client::{ConnectStep, Links, RdpClient};
+use super::reattach::{Arrival, Resumable};
 
 /// How long after a core's last session ends its freed heap is given back.
 const HEAP_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -55,6 +60,10 @@ enum Event {
     Idle,
     /// The page has not said hello within the hello timeout.
     NoHello,
+    /// No page resumed the detached session in time.
+    GraceOver,
+    /// A new page presented the session's ticket.
+    Resumed(Box<Arrival>),
 }
 
 /// Why the session ended, for the log and the close frame.
@@ -64,6 +73,24 @@ struct End {
 }
 
 type Ws = WebSocketStream<TcpStream>;
+
+fn ws_config(core: &Core) -> WebSocketConfig {
+    let max = core.settings.ws_max_message;
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        // Small messages gather up to `WS_WRITE_BATCH` and go out in one write (a frame's
+        // StartFrame, Avc420 and EndFrame in one system call). tungstenite writes as soon as
+        // its buffer passes that, and `poll_write` hands it the next frame only while it is
+        // ready (its buffer at most `WS_WRITE_BATCH`), so it never holds more than the batch
+        // plus one fragment.
+        .write_buffer_size(WS_WRITE_BATCH)
+        .max_write_buffer_size(ws_write_reserve(&core.settings.pools) as usize)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// How long a page that is being replaced, or that went silent, gets for its close frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs one session to its end. `client` is the session's count against its address's
 /// limit, given back when this returns.
@@ -76,19 +103,14 @@ pub async fn run(
     client: Option<ClientSlot>,
 ) {
     let max = core.settings.ws_max_message;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        // Small messages gather up to `WS_WRITE_BATCH` and go out in one write (a frame's
-        // StartFrame, Avc420 and EndFrame in one system call). tungstenite writes as soon as
-        // its buffer passes that, and `poll_write` hands it the next frame only while it is
-        // ready (its buffer at most `WS_WRITE_BATCH`), so it never holds more than the batch
-        // plus one fragment.
-        .write_buffer_size(WS_WRITE_BATCH)
-        .max_write_buffer_size(ws_write_reserve(&core.settings.pools) as usize)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let mut ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(ws_config(&core)),
+    )
+    .await;
+    let mut ws = Some(ws);
     let _alive = core.sessions.enter();
     let counters = core.counters.clone();
     CoreCounters::inc(&counters.sessions_active);
@@ -100,16 +122,17 @@ pub async fn run(
     info!(session = id, cpu = core.cpu, %peer, "session started");
     // A bug in one session must end that session only. Everything the session owns (its
     // state and arena share, its RDP connection, large-message permits) lives in `drive`'s
-    // future, so a panic drops it on the way out and the share comes back; the WebSocket is
-    // borrowed, so the page still gets a close frame saying what happened. What the future
-    // shares with the core is counters and the core's own cells, which a panic cannot leave
-    // half-updated: asserting unwind safety is sound here.
+    // future, so a panic drops it on the way out and the share comes back; the page's
+    // WebSocket is borrowed, so the page still gets a close frame saying what happened. What
+    // the future shares with the core is counters and the core's own cells, which a panic
+    // cannot leave half-updated: asserting unwind safety is sound here.
     let outcome = AssertUnwindSafe(drive(&core, &mut ws, session, id))
         .catch_unwind()
         .await;
     let end = match outcome {
         Ok(end) => end,
         Err(payload) => {
+            core.resumable.remove(id);
             CoreCounters::inc(&counters.sessions_panicked);
             error!(
                 session = id,
@@ -118,7 +141,13 @@ pub async fn run(
             );
             let reason =
                 format!("session {id}: internal error in this session; reconnect to start anew");
-            close(&mut ws, CLOSE_INTERNAL, reason).await
+            match ws.as_mut() {
+                Some(page) => close(page, CLOSE_INTERNAL, reason).await,
+                None => End {
+                    code: CLOSE_INTERNAL,
+                    reason,
+                },
+            }
         }
     };
     CoreCounters::dec(&counters.sessions_active);
@@ -143,28 +172,55 @@ pub async fn run(
     }
 }
 
-/// The session's loop, from its ServerHello to the reason it ended; the RDP side is logged
-/// off before it returns. The session, its share and its RDP connection are dropped here.
-async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> End {
+/// The session's loop, from its ServerHello to the reason it ended, across the pages that
+/// resume it; the RDP side is logged off before it returns. The session, its share and its
+/// RDP connection are dropped here.
+async fn drive(core: &Rc<Core>, ws: &mut Option<Ws>, mut session: Session, id: u64) -> End {
     let counters = core.counters.clone();
     let core = core.clone();
     let mut rdp: Option<RdpClient> = None;
     let idle_timeout = core.settings.idle_timeout;
+    let grace = core.settings.session_grace;
     let hello_timeout = core.settings.hello_timeout;
     let started = std::time::Instant::now();
     let mut last_heard = started;
     let mut graphics_open = true;
     let mut writer = Writer::default();
+    // Set once the page has its resume ticket: from then on a page that goes away leaves the
+    // desktop running for `grace`, and a new page may take it over.
+    let mut resumable: Option<Rc<Resumable>> = None;
+    let mut detached_at: Option<std::time::Instant> = None;
 
     let end = loop {
-        if let Some(end) = run_actions(&core, ws, &mut writer, &mut session, &mut rdp, id).await {
+        if let Some(end) =
+            run_actions(&core, ws.as_mut(), &mut writer, &mut session, &mut rdp, id).await
+        {
             break end;
         }
+        if resumable.is_none() && !grace.is_zero() && session.phase() == Phase::Active {
+            if let Some(ticket) = Ticket::generate() {
+                let secs = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
+                session.offer_resume(&ticket, secs);
+                let r = Rc::new(Resumable::new(ticket));
+                core.resumable.insert(id, r.clone());
+                resumable = Some(r);
+            }
+        }
         if session.phase() == Phase::Ended {
+            let Some(page) = ws.as_mut() else {
+                let reason = session
+                    .end_reason()
+                    .unwrap_or("the remote desktop session ended")
+                    .to_owned();
+                break End {
+                    code: CLOSE_RDP_ENDED,
+                    reason: format!("{reason} (no page was attached)"),
+                };
+            };
             // The reason goes out before the close; a page that stopped reading gets a
             // little while, not forever.
             let written = futures_lite::future::or(
-                async { Some(flush(ws, &mut writer, &mut session, &counters).await) },
+                async { Some(flush(page, &mut writer, &mut session, &counters).await) },
                 async {
                     glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
                     None
@@ -178,12 +234,14 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                 .close_frame()
                 .unwrap_or((CLOSE_RDP_ENDED, "the remote desktop session ended"));
             let reason = reason.to_owned();
-            break close(ws, code, reason).await;
+            break close(page, code, reason).await;
         }
         count(&counters, &mut session, rdp.as_mut());
         CoreCounters::add(&counters.large_frame_waits, core.large.take_waits());
         if let Some(client) = rdp.as_mut() {
-            if !session.has_output() && writer.large.is_none() {
+            // Nothing is written while no page is attached: room held for large messages
+            // goes back at once.
+            if (ws.is_none() || !session.has_output()) && writer.large.is_none() {
                 client.release_large();
             }
         }
@@ -196,13 +254,17 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
             CoreCounters::inc(&counters.graphics_paused);
         }
         graphics_open = graphics;
+        let attached = ws.is_some();
         let event = futures_lite::future::or(
             futures_lite::future::or(
                 // Writing and reading the browser share one future: while the page is slow
                 // to read, the server is still read (sound is dropped, not queued) and the
                 // page's own messages are still taken.
-                std::future::poll_fn(|cx| {
-                    poll_browser(ws, &mut writer, &mut session, &counters, holds_large, cx)
+                std::future::poll_fn(|cx| match ws.as_mut() {
+                    Some(page) => {
+                        poll_browser(page, &mut writer, &mut session, &counters, holds_large, cx)
+                    }
+                    None => Poll::Pending,
                 }),
                 async {
                     match rdp.as_mut() {
@@ -212,62 +274,129 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                 },
             ),
             futures_lite::future::or(
-                async {
-                    core.shutdown.wait().await;
-                    Event::Shutdown
-                },
-                async {
-                    // One timer per wait, firing only at the deadline: an idle session costs
-                    // no wake-ups. Until the hello, the hello deadline counts too: pings
-                    // alone must not hold a session slot.
-                    let idle_left = idle_timeout.saturating_sub(last_heard.elapsed());
-                    let hello_left = (session_phase == Phase::AwaitHello)
-                        .then(|| hello_timeout.saturating_sub(started.elapsed()));
-                    match hello_left {
-                        Some(left) if left < idle_left => {
-                            glommio::timer::sleep(left).await;
-                            Event::NoHello
+                futures_lite::future::or(
+                    async {
+                        core.shutdown.wait().await;
+                        Event::Shutdown
+                    },
+                    async {
+                        // One timer per wait, firing only at the deadline: an idle session
+                        // costs no wake-ups.
+                        // Until the hello, the hello deadline counts too: pings alone must
+                        // not hold a session slot.
+                        match detached_at {
+                            None => {
+                                let idle_left = idle_timeout.saturating_sub(last_heard.elapsed());
+                                let hello_left = (session_phase == Phase::AwaitHello)
+                                    .then(|| hello_timeout.saturating_sub(started.elapsed()));
+                                match hello_left {
+                                    Some(left) if left < idle_left => {
+                                        glommio::timer::sleep(left).await;
+                                        Event::NoHello
+                                    }
+                                    _ => {
+                                        glommio::timer::sleep(idle_left).await;
+                                        Event::Idle
+                                    }
+                                }
+                            }
+                            Some(at) => {
+                                glommio::timer::sleep(grace.saturating_sub(at.elapsed())).await;
+                                Event::GraceOver
+                            }
                         }
-                        _ => {
-                            glommio::timer::sleep(idle_left).await;
-                            Event::Idle
-                        }
+                    },
+                ),
+                async {
+                    match resumable.as_ref() {
+                        Some(r) => Event::Resumed(Box::new(r.next_arrival().await)),
+                        None => std::future::pending().await,
                     }
                 },
             ),
         )
         .await;
-        match event {
-            Event::WriteFailed(end) => break end,
-            Event::Written => {}
+        // A page that went away (closed without ending the session, lost, silent) leaves
+        // the desktop running for a page that resumes it, once it has its ticket.
+        let keep = resumable.is_some() && session.phase() == Phase::Active && attached;
+        let gone = match event {
+            Event::WriteFailed(end) => Some(end),
+            Event::Written => None,
             Event::Shutdown => {
-                break close(ws, 1001, "gateway is shutting down".to_owned()).await;
+                break match ws.as_mut() {
+                    Some(page) => close(page, 1001, "gateway is shutting down".to_owned()).await,
+                    None => End {
+                        code: 1001,
+                        reason: "gateway is shutting down".to_owned(),
+                    },
+                };
             }
             Event::Idle => {
                 let reason = format!(
                     "session {id}: no message from the browser for {}",
                     humantime::format_duration(idle_timeout)
                 );
-                break close(ws, CLOSE_IDLE, reason).await;
+                match ws.as_mut() {
+                    Some(page) if keep => Some(close_within(page, CLOSE_IDLE, reason).await),
+                    Some(page) => break close(page, CLOSE_IDLE, reason).await,
+                    None => None,
+                }
             }
             Event::NoHello => {
                 let reason = format!(
                     "session {id}: no ClientHello or TokenHello within {} of opening",
                     humantime::format_duration(hello_timeout)
                 );
-                break close(ws, 1008, reason).await;
-            }
-            Event::Rdp(Ok(ev)) => session.on_rdp_event(&ev),
-            Event::Rdp(Err(err)) => session.on_rdp_end(&err.to_string()),
-            Event::Browser(None) => {
-                break End {
-                    code: 1006,
-                    reason: "browser went away".to_owned(),
+                match ws.as_mut() {
+                    Some(page) => break close(page, 1008, reason).await,
+                    None => None,
                 }
             }
+            Event::GraceOver => {
+                break End {
+                    code: 1000,
+                    reason: format!(
+                        "no page resumed the session within its grace period of {}",
+                        humantime::format_duration(grace)
+                    ),
+                };
+            }
+            Event::Resumed(arrival) => {
+                if let Some(mut old) = ws.take() {
+                    // As if the old page had gone first: the server stops drawing until the
+                    // new page's refresh, so the new page's first picture is a whole one.
+                    session.detach();
+                    let why = "another page resumed this session".to_owned();
+                    let _ = close_within(&mut old, CLOSE_RESUMED_ELSEWHERE, why).await;
+                }
+                CoreCounters::inc(&counters.sessions_resumed);
+                if detached_at.take().is_some() {
+                    CoreCounters::dec(&counters.sessions_detached);
+                }
+                info!(session = id, peer = %arrival.peer, "session resumed by a new page");
+                let Arrival { ws: page, .. } = *arrival;
+                *ws = Some(page);
+                writer = Writer::default();
+                session.reattach();
+                last_heard = std::time::Instant::now();
+                None
+            }
+            Event::Rdp(Ok(ev)) => {
+                session.on_rdp_event(&ev);
+                None
+            }
+            Event::Rdp(Err(err)) => {
+                session.on_rdp_end(&err.to_string());
+                None
+            }
+            Event::Browser(None) => Some(End {
+                code: 1006,
+                reason: "browser went away".to_owned(),
+            }),
             Event::Browser(Some(Ok(msg))) => {
                 last_heard = std::time::Instant::now();
                 counters.add_bytes(Direction::BrowserIn, msg.len());
+                let mut left = None;
                 let res = match msg {
                     Message::Binary(b) => {
                         let res = session.handle_binary(&b);
@@ -275,18 +404,32 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                         res
                     }
                     Message::Text(_) => session.handle_text(),
-                    Message::Close(_) => {
-                        break End {
-                            code: 1000,
-                            reason: "browser closed the session".to_owned(),
+                    // 1001 ("going away") is what a browser sends for a page being
+                    // unloaded (a reload, a closed tab): the session stays resumable.
+                    // Any other close is the page ending it on purpose.
+                    Message::Close(frame) => {
+                        let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                        if code != 1001 || !keep {
+                            break End {
+                                code: 1000,
+                                reason: "browser closed the session".to_owned(),
+                            };
                         }
+                        left = Some(End {
+                            code,
+                            reason: "browser left without ending the session".to_owned(),
+                        });
+                        Ok(())
                     }
                     // tungstenite queues the pong itself and writes it with the next read.
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
                 };
                 if let Err(err) = res {
-                    break close(ws, err.close_code(), err.to_string()).await;
+                    if let Some(page) = ws.as_mut() {
+                        break close(page, err.close_code(), err.to_string()).await;
+                    }
                 }
+                left
             }
             Event::Browser(Some(Err(tungstenite::Error::Capacity(
                 CapacityError::MessageTooLong { size, max_size },
@@ -295,19 +438,43 @@ async fn drive(core: &Rc<Core>, ws: &mut Ws, mut session: Session, id: u64) -> E
                 let reason = format!(
                     "session {id}: message of {size} bytes exceeds the limit of {max_size}"
                 );
-                break close(ws, 1009, reason).await;
-            }
-            Event::Browser(Some(Err(err))) => match browser_error(id, &err) {
-                Some((code, reason)) => break close(ws, code, reason).await,
-                None => {
-                    break End {
-                        code: 1006,
-                        reason: format!("browser went away: {err}"),
-                    }
+                match ws.as_mut() {
+                    Some(page) => break close(page, 1009, reason).await,
+                    None => None,
                 }
+            }
+            Event::Browser(Some(Err(err))) => match (browser_error(id, &err), ws.as_mut()) {
+                // A protocol error is the page's doing: the session ends, it is not kept.
+                (Some((code, reason)), Some(page)) => break close(page, code, reason).await,
+                (Some((code, reason)), None) => break End { code, reason },
+                (None, _) => Some(End {
+                    code: 1006,
+                    reason: format!("browser went away: {err}"),
+                }),
             },
+        };
+        if let Some(end) = gone {
+            if !keep {
+                break end;
+            }
+            info!(
+                session = id,
+                code = end.code,
+                reason = %end.reason,
+                grace = %humantime::format_duration(grace),
+                "page went away; the desktop is kept for a page to resume it"
+            );
+            *ws = None;
+            writer = Writer::default();
+            session.detach();
+            CoreCounters::inc(&counters.sessions_detached);
+            detached_at = Some(std::time::Instant::now());
         }
     };
+    core.resumable.remove(id);
+    if detached_at.is_some() {
+        CoreCounters::dec(&counters.sessions_detached);
+    }
     if let Some(mut client) = rdp.take() {
         // Log off politely; the server may already be gone.
         let _ = futures_lite::future::or(async { client.shutdown().await.ok() }, async {
@@ -382,6 +549,85 @@ fn lowercase_first(s: &str) -> String {
         Some(f) => f.to_lowercase().chain(c).collect(),
         None => String::new(),
     }
+}
+
+/// A new WebSocket asking to resume session `id` on this core: its first message must be a
+/// Resume naming `id` with the session's ticket, within the HTTP timeout. Then the session's
+/// task takes it; otherwise it is closed with 4004 and the reason.
+pub async fn resume(
+    core: Rc<Core>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    id: u64,
+) {
+    let mut ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(ws_config(&core)),
+    )
+    .await;
+    let timeout = core.settings.http_timeout;
+    let first = futures_lite::future::or(
+        async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return Some(b),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return None,
+                }
+            }
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    debug!(session = id, %peer, got = first.is_some(), "resume: first message");
+    let presented = first.and_then(|b| {
+        let found = match FromBrowser::decode(&b) {
+            Ok(FromBrowser::Resume { session_id, ticket }) => Some((session_id, ticket)),
+            _ => None,
+        };
+        // The message held the ticket; the decoded copy is wiped when dropped.
+        if let Ok(mut owned) = b.try_into_mut() {
+            zeroize::Zeroize::zeroize(&mut owned[..]);
+        }
+        found
+    });
+    let verdict = match presented {
+        None => Err(Refusal::NoTicket),
+        Some((session_id, _)) if session_id != id => Err(Refusal::Mismatch),
+        Some((_, ticket)) => match core.resumable.get(id) {
+            None => Err(Refusal::Gone),
+            Some(r) if !r.accepts(&ticket) => Err(Refusal::WrongTicket),
+            Some(r) => Ok(r),
+        },
+    };
+    match verdict {
+        Ok(r) => r.deliver(Arrival { ws, peer }),
+        Err(refusal) => {
+            CoreCounters::inc(&core.counters.resumes_refused);
+            let reason = refusal.reason(id);
+            info!(session = id, %peer, %reason, "resume refused");
+            let _ = close_within(&mut ws, CLOSE_RESUME_REFUSED, reason).await;
+        }
+    }
+}
+
+/// `close`, giving up after [`CLOSE_WAIT`]: for pages that may be gone.
+async fn close_within(ws: &mut Ws, code: u16, reason: String) -> End {
+    let fallback = End {
+        code,
+        reason: reason.clone(),
+    };
+    futures_lite::future::or(close(ws, code, reason), async {
+        glommio::timer::sleep(CLOSE_WAIT).await;
+        fallback
+    })
+    .await
 }
 
 /// Writes everything the session has queued, waiting for the socket as needed.
@@ -510,7 +756,7 @@ fn count(counters: &CoreCounters, session: &mut Session, rdp: Option<&mut RdpCli
 /// Carries out what the session asked of the RDP side.
 async fn run_actions(
     core: &Core,
-    ws: &mut Ws,
+    mut ws: Option<&mut Ws>,
     writer: &mut Writer,
     session: &mut Session,
     rdp: &mut Option<RdpClient>,
@@ -601,8 +847,10 @@ async fn run_actions(
                                     continue;
                                 }
                             }
-                            if flush(ws, writer, session, counters).await.is_err() {
-                                return None;
+                            if let Some(ws) = ws.as_deref_mut() {
+                                if flush(ws, writer, session, counters).await.is_err() {
+                                    return None;
+                                }
                             }
                         }
                     },
@@ -653,6 +901,14 @@ async fn run_actions(
                     c.ack_frame(frame_id, QueueDepth::AvailableBytes(queue_depth))
                         .await
                 }
+                None => Ok(()),
+            },
+            Action::SuppressOutput => match rdp.as_mut() {
+                Some(c) => c.suppress_output(None).await,
+                None => Ok(()),
+            },
+            Action::Refresh { width, height } => match rdp.as_mut() {
+                Some(c) => c.suppress_output(Some((width, height))).await,
                 None => Ok(()),
             },
         };

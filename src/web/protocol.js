@@ -10,6 +10,7 @@ export const PONG = 0x02;
 export const STATUS = 0x03;
 export const DISCONNECTED = 0x04;
 export const DESKTOP_SIZE = 0x05;
+export const RESUME_TICKET = 0x06;
 export const RESET_GRAPHICS = 0x10;
 export const CREATE_SURFACE = 0x11;
 export const DELETE_SURFACE = 0x12;
@@ -41,6 +42,10 @@ const UNICODE = 0x88;
 const RESIZE = 0x89;
 const AUDIO_BUFFER = 0x8a;
 const TOKEN_HELLO = 0x8b;
+const RESUME = 0x8c;
+
+// Bytes of a resume ticket.
+export const TICKET_LEN = 32;
 
 // AudioStart.codec values.
 export const AUDIO_CODEC_OPUS = 1;
@@ -114,6 +119,13 @@ export function decode(buf) {
     case STATUS: return { type, state: r.u8(), text: r.text() };
     case DISCONNECTED: return { type, reason: r.text() };
     case DESKTOP_SIZE: return { type, width: r.u16(), height: r.u16() };
+    case RESUME_TICKET: {
+      const m = { type, sessionId: r.u64(), graceSecs: r.u32() };
+      r.need(TICKET_LEN);
+      m.ticket = new Uint8Array(buf.slice(r.at, r.at + TICKET_LEN));
+      r.at += TICKET_LEN;
+      return m;
+    }
     case RESET_GRAPHICS: return { type, width: r.u16(), height: r.u16() };
     case CREATE_SURFACE: return { type, surface: r.u16(), width: r.u16(), height: r.u16(), format: r.u8() };
     case DELETE_SURFACE: return { type, surface: r.u16() };
@@ -187,6 +199,14 @@ export function tokenHello(width, height, token) {
     v.setUint16(2, width, true);
     v.setUint16(4, height, true);
     new Uint8Array(v.buffer, 6).set(text);
+  });
+}
+
+// The first message on `/ws?resume=ID`: the session to take over and its ticket.
+export function resume(sessionId, ticket) {
+  return message(RESUME, 8 + TICKET_LEN, (v) => {
+    v.setBigUint64(2, BigInt(sessionId), true);
+    new Uint8Array(v.buffer, 10, TICKET_LEN).set(ticket);
   });
 }
 

@@ -36,7 +36,34 @@ let token = (() => {
   return found || "";
 })();
 
+// A session survives its page for the gateway's grace period: the gateway gives the page a
+// resume ticket, kept in sessionStorage (this tab only, gone with the tab, never in an
+// address), and a reload presents it on `/ws?resume=ID` to take the running desktop over.
+const RESUME_KEY = "rdpwire.resume";
+
+function storedResume(target) {
+  try {
+    const r = JSON.parse(sessionStorage.getItem(RESUME_KEY) || "null");
+    if (r && r.target === target && typeof r.sessionId === "string" && typeof r.ticket === "string") {
+      return { sessionId: r.sessionId, ticket: Uint8Array.from(atob(r.ticket), (c) => c.charCodeAt(0)) };
+    }
+  } catch (_) { /* storage unavailable or garbled: start a new session */ }
+  return null;
+}
+
+function keepResume(target, sessionId, ticket) {
+  try {
+    const text = btoa(String.fromCharCode(...ticket));
+    sessionStorage.setItem(RESUME_KEY, JSON.stringify({ target, sessionId: sessionId.toString(), ticket: text }));
+  } catch (_) { /* no storage: a reload starts a new session */ }
+}
+
+function forgetResume() {
+  try { sessionStorage.removeItem(RESUME_KEY); } catch (_) { /* nothing kept */ }
+}
+
 const screen = document.getElementById("screen");
+const reconnectButton = document.getElementById("reconnect");
 const statusLine = document.getElementById("status");
 const overlay = document.getElementById("stats");
 
@@ -48,6 +75,8 @@ const stats = {
   core: null,
   target: new URLSearchParams(location.search).get("target") || "",
   viaToken: token !== "", // the page was opened with a connection token
+  resumed: false,      // this page took over a running session with its resume ticket
+  resumable: false,    // the page holds a resume ticket for its session
   requested: null,     // {width, height} asked for, in ClientHello or the last Resize
   resizes: 0,          // Resize messages sent
   width: 0,            // desktop size
@@ -104,12 +133,19 @@ function show(state, text, reason) {
   statusLine.dataset.state = state;
 }
 
-function end(state, reason) {
+function end(state, reason, { keepTicket = false } = {}) {
   if (ended) return;
   ended = true;
   decoderTrouble = false;
+  if (!keepTicket) {
+    forgetResume();
+    stats.resumable = false;
+  }
   show(state, `${state}: ${reason}`, reason);
   shutdown();
+  // Reconnecting is a reload: the same target (the address keeps ?target=), and the same
+  // desktop if the session is still waiting for its page.
+  if (reconnectButton) reconnectButton.hidden = false;
 }
 
 // --- graphics ----------------------------------------------------------------------------
@@ -325,7 +361,10 @@ function onMessage(buf) {
       stats.sessionId = m.sessionId.toString();
       stats.core = m.core;
       stats.requested = wantedSize();
-      if (token) {
+      if (resuming) {
+        // The desktop is already there: the gateway sends its size and a fresh picture.
+        stats.resumed = true;
+      } else if (token) {
         send(proto.tokenHello(stats.requested.width, stats.requested.height, token));
         token = "";
       } else {
@@ -354,6 +393,10 @@ function onMessage(buf) {
       show(state, text);
       break;
     }
+    case proto.RESUME_TICKET:
+      keepResume(stats.target, m.sessionId, m.ticket);
+      stats.resumable = true;
+      break;
     case proto.DISCONNECTED:
       end("disconnected", m.reason || "the remote desktop session ended");
       break;
@@ -381,6 +424,7 @@ function describeClose(code) {
     case 1000: return "the session was closed";
     case 1001: return "the gateway is shutting down";
     case 1006: return "the connection to the gateway was lost";
+    case 4005: return "this session was taken over by another page";
     default: return `the gateway closed the connection (code ${code})`;
   }
 }
@@ -408,15 +452,26 @@ function shutdown() {
   if (ws && ws.readyState === WebSocket.OPEN) ws.close(1000, "the page ended the session");
 }
 
+// Closes after which the session may still be waiting for its page (within the grace
+// period): the ticket is kept, so Reconnect resumes it.
+const RESUMABLE_CLOSES = new Set([1001, 1006, 4001, 4005]);
+const CLOSE_RESUME_REFUSED = 4004;
+let resuming = null; // {sessionId, ticket} when this page resumes a session
+
 function connect() {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  show("connecting", "connecting to the gateway");
+  // A page opened with a new connection token wants that target, not the old session.
+  if (token) forgetResume();
+  resuming = token ? null : storedResume(stats.target);
+  if (resuming) url.searchParams.set("resume", resuming.sessionId);
+  show("connecting", resuming ? "resuming the session" : "connecting to the gateway");
   ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     opened = true;
-    if (!ended) show("connecting", "connecting");
+    if (resuming) send(proto.resume(resuming.sessionId, resuming.ticket));
+    if (!ended) show("connecting", resuming ? "resuming the session" : "connecting");
   };
   ws.onmessage = (ev) => {
     if (!(ev.data instanceof ArrayBuffer)) return; // text is not part of the protocol
@@ -432,8 +487,16 @@ function connect() {
       refused();
       return;
     }
+    if (resuming && ev.code === CLOSE_RESUME_REFUSED) {
+      // The session is gone (grace period over, desktop closed): start a new one.
+      forgetResume();
+      show("connecting", `${ev.reason}; starting a new session`);
+      location.reload();
+      return;
+    }
     const reason = ev.reason || describeClose(ev.code);
-    end(ERROR_CLOSES.has(ev.code) ? "error" : "disconnected", reason);
+    const keepTicket = RESUMABLE_CLOSES.has(ev.code);
+    end(ERROR_CLOSES.has(ev.code) ? "error" : "disconnected", reason, { keepTicket });
   };
 }
 
@@ -475,6 +538,8 @@ window.rdpwire = {
   captureAudio: (on) => audio.capture(on),
   takeAudioCapture: () => audio.takeCapture(),
 };
+
+if (reconnectButton) reconnectButton.addEventListener("click", () => location.reload());
 
 screen.tabIndex = 0; // focusable, so keys go to the desktop after a click
 let resizeTimer = null;
