@@ -108,7 +108,7 @@ fn pack(bits: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A compressed single ZGFX segment of 11 bytes: a literal, then a match one byte back of
+/// A compressed single ZGFX message of 13 bytes: a literal, then a match one byte back of
 /// 2^30 bytes (1 GiB).
 fn zgfx_bomb() -> Vec<u8> {
     let mut bits = vec![1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1];
@@ -155,7 +155,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "zgfx_bomb",
             steps: vec![Attack::Gfx(zgfx_bomb())],
-            reason: "graphics channel: a 11-byte message would decompress to more than 262144 bytes",
+            reason: "graphics channel: a 13-byte message would decompress to more than 262144 bytes",
         },
         Case {
             name: "zgfx_multipart_declares_4gib",
@@ -267,12 +267,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "junk_after_connect",
+            // 0x42 is neither a TPKT (3) nor a fast-path header.
             steps: vec![Attack::Raw(
-                (0..4096u32)
-                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                std::iter::once(0x42)
+                    .chain((1..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8))
                     .collect(),
             )],
-            reason: "RDP connection to 127.0.0.1 failed while processing a PDU",
+            reason: "failed while reading a PDU: the server sent bytes that are not an RDP PDU",
         },
         Case {
             name: "x224_with_a_malformed_mcs_pdu",
@@ -299,7 +300,7 @@ fn cases() -> Vec<Case> {
                 times: 2000,
             },
         ],
-        reason: "announced a 4294967295-byte message, above the limit of 262144 bytes",
+        reason: "announced a 4294967295-byte message, above the limit",
     });
     cases
 }
