@@ -108,10 +108,9 @@ pub fn egfx_wire(data: &[u8]) {
         ok && !session.is_ended()
     };
     let setup = [
-        dvc_frame(&DrdynvcServerPdu::Capabilities(CapabilitiesRequestPdu::new(
-            ironrdp_dvc::pdu::CapsVersion::V1,
-            None,
-        ))),
+        dvc_frame(&DrdynvcServerPdu::Capabilities(
+            CapabilitiesRequestPdu::new(ironrdp_dvc::pdu::CapsVersion::V1, None),
+        )),
         dvc_frame(&DrdynvcServerPdu::Create(CreateRequestPdu::new(
             GFX_DVC,
             crate::rdp::egfx::CHANNEL_NAME.to_owned(),
@@ -352,9 +351,7 @@ mod seeds {
             }),
             GfxPdu::EndFrame(EndFramePdu { frame_id: 1 }),
         ];
-        pdus.iter()
-            .flat_map(|p| encode_vec(p).unwrap())
-            .collect()
+        pdus.iter().flat_map(|p| encode_vec(p).unwrap()).collect()
     }
 
     #[test]
@@ -386,11 +383,13 @@ mod seeds {
                 raw.extend(&f);
             }
             let chunks: Vec<Vec<u8>> = if msg.len() < DrdynvcDataPdu::MAX_DATA_SIZE {
-                vec![encode_vec(&DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
-                    GFX_DVC,
-                    msg.clone(),
-                ))))
-                .unwrap()]
+                vec![
+                    encode_vec(&DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+                        GFX_DVC,
+                        msg.clone(),
+                    ))))
+                    .unwrap(),
+                ]
             } else {
                 msg.chunks(DrdynvcDataPdu::MAX_DATA_SIZE)
                     .enumerate()

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 4] = [
     ("browser_protocol", rdpwire::fuzzing::browser_protocol),
     ("egfx_wire", rdpwire::fuzzing::egfx_wire),
     ("token", rdpwire::fuzzing::token),

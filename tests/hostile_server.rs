@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use ironrdp_core::encode_vec;
 use ironrdp_dvc::pdu::{DataFirstPdu, DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
 use ironrdp_egfx::pdu::{
-    encode_avc420_bitmap_stream, Avc420Region, Codec1Type, CreateSurfacePdu, GfxPdu,
-    PixelFormat, ResetGraphicsPdu, WireToSurface1Pdu,
+    encode_avc420_bitmap_stream, Avc420Region, Codec1Type, CreateSurfacePdu, GfxPdu, PixelFormat,
+    ResetGraphicsPdu, WireToSurface1Pdu,
 };
 use ironrdp_pdu::geometry::ExclusiveRectangle;
 use rdpwire::demo::hostile::Attack;
@@ -155,7 +155,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "zgfx_bomb",
             steps: vec![Attack::Gfx(zgfx_bomb())],
-            reason: "graphics channel: a 13-byte message would decompress to more than 262144 bytes",
+            reason:
+                "graphics channel: a 13-byte message would decompress to more than 262144 bytes",
         },
         Case {
             name: "zgfx_multipart_declares_4gib",
@@ -411,7 +412,11 @@ fn session_end(gw: &Gateway, target: &str) -> (Option<String>, u16, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut disconnected = None;
     loop {
-        assert!(Instant::now() < deadline, "{target}: no end\n{}", gw.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{target}: no end\n{}",
+            gw.log_text()
+        );
         match ws.ws.read() {
             Ok(Message::Binary(b)) => {
                 if let Ok(ToBrowser::Disconnected { reason }) = ToBrowser::decode(&b) {
@@ -506,7 +511,10 @@ fn hostile_servers_end_their_own_session_in_words_and_nothing_else() {
                 case.name, case.reason
             ));
         }
-        if disconnected.as_deref().is_none_or(|d| !d.starts_with(reason.as_str())) {
+        if disconnected
+            .as_deref()
+            .is_none_or(|d| !d.starts_with(reason.as_str()))
+        {
             failures.push(format!(
                 "{}: the Disconnected message {disconnected:?} does not carry the close reason {reason:?}",
                 case.name

@@ -370,10 +370,7 @@ enum Picture {
     /// A shared pre-encoded reel.
     Replay(Replay),
     /// Crafted steps, sent once (tests only, see `super::hostile`).
-    Hostile {
-        steps: Arc<Vec<Attack>>,
-        sent: bool,
-    },
+    Hostile { steps: Arc<Vec<Attack>>, sent: bool },
 }
 
 impl Picture {
@@ -819,12 +816,9 @@ impl<'a> Session<'a> {
                 Attack::Drdynvc(make) => {
                     let message = SvcMessage::from(RawPdu(make(gfx_id)))
                         .with_flags(ChannelFlags::SHOW_PROTOCOL);
-                    let out = server_encode_svc_messages(
-                        vec![message],
-                        drdynvc_id,
-                        self.user_channel_id,
-                    )
-                    .map_err(encode_err)?;
+                    let out =
+                        server_encode_svc_messages(vec![message], drdynvc_id, self.user_channel_id)
+                            .map_err(encode_err)?;
                     self.send(&out)?;
                 }
                 Attack::StaticChunk { len, flags, data } => {
@@ -1258,14 +1252,17 @@ mod tests {
     fn sent_aus(messages: Vec<DvcMessage>) -> Vec<Vec<u8>> {
         let mut channel = crate::rdp::egfx::GfxChannel::new();
         // The surface was created by an earlier tick; the channel must know it.
-        let create = ironrdp_egfx::pdu::GfxPdu::CreateSurface(ironrdp_egfx::pdu::CreateSurfacePdu {
-            surface_id: 0,
-            width: 8192,
-            height: 8192,
-            pixel_format: ironrdp_egfx::pdu::PixelFormat::XRgb,
-        });
+        let create =
+            ironrdp_egfx::pdu::GfxPdu::CreateSurface(ironrdp_egfx::pdu::CreateSurfacePdu {
+                surface_id: 0,
+                width: 8192,
+                height: 8192,
+                pixel_format: ironrdp_egfx::pdu::PixelFormat::XRgb,
+            });
         channel
-            .decode_message(&ironrdp_graphics::zgfx::wrap_uncompressed(&encode_vec(&create).unwrap()))
+            .decode_message(&ironrdp_graphics::zgfx::wrap_uncompressed(
+                &encode_vec(&create).unwrap(),
+            ))
             .unwrap();
         channel.pop_event();
         let mut aus = Vec::new();

@@ -412,7 +412,9 @@ mod tests {
         }
         let err = d.process(&data_first(200, 16 << 10)).unwrap_err();
         assert!(
-            d.take_violation().unwrap().contains("more than 4 dynamic channels at once"),
+            d.take_violation()
+                .unwrap()
+                .contains("more than 4 dynamic channels at once"),
             "{err}"
         );
         assert_eq!(d.partial.len(), MAX_PARTIAL);
@@ -433,7 +435,13 @@ mod tests {
         let large = d.partial.iter().find(|p| p.channel == 2).unwrap();
         assert!(large.permit.is_some());
         assert!(large.data.capacity() >= 512 << 10);
-        assert!(d.partial.iter().find(|p| p.channel == 1).unwrap().permit.is_none());
+        assert!(d
+            .partial
+            .iter()
+            .find(|p| p.channel == 1)
+            .unwrap()
+            .permit
+            .is_none());
     }
 
     #[test]

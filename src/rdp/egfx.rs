@@ -274,9 +274,7 @@ pub enum GfxError {
     },
     #[error("graphics channel: the server sent a command after closing the channel")]
     Closed,
-    #[error(
-        "graphics channel: a {wire}-byte message would decompress to more than {limit} bytes"
-    )]
+    #[error("graphics channel: a {wire}-byte message would decompress to more than {limit} bytes")]
     Expansion { wire: usize, limit: usize },
     #[error(
         "graphics channel: surface {surface} of {width}×{height} pixels is not within \
@@ -901,7 +899,10 @@ mod tests {
             "graphics channel: H.264 destination (0, 0)–(64, 32) is outside surface 1 of 32×32"
         );
         let stream = encode_avc420_bitmap_stream(
-            &[Avc420Region::new(0, 0, 64, 32, 22, 100), Avc420Region::new(60_000, 0, 65_535, 9, 22, 100)],
+            &[
+                Avc420Region::new(0, 0, 64, 32, 22, 100),
+                Avc420Region::new(60_000, 0, 65_535, 9, 22, 100),
+            ],
             AU,
         );
         let GfxPdu::WireToSurface1(mut w) = avc(1) else {

@@ -807,7 +807,10 @@ mod tests {
                  announced a 4294967295-byte message, above the limit of 262144 bytes"
             )
         );
-        assert_eq!(static_channel_violation(&chunk(MAX_STATIC_MESSAGE), IO_CHANNEL), None);
+        assert_eq!(
+            static_channel_violation(&chunk(MAX_STATIC_MESSAGE), IO_CHANNEL),
+            None
+        );
         // The I/O channel carries share PDUs, not chunks.
         let io = encode_vec(&X224(SendDataIndication {
             initiator_id: USER_CHANNEL,
@@ -1047,7 +1050,8 @@ mod tests {
             .process(Action::X224, &too_long, None, &mut out)
             .unwrap_err();
         assert!(
-            err.to_string().contains("fragments go on past the 1500 bytes announced"),
+            err.to_string()
+                .contains("fragments go on past the 1500 bytes announced"),
             "{err}"
         );
     }

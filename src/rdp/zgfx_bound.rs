@@ -32,7 +32,10 @@ enum Kind {
     /// A `0` bit, then the byte itself.
     Null,
     Literal,
-    Match { distance_bits: u32, distance_base: u64 },
+    Match {
+        distance_bits: u32,
+        distance_base: u64,
+    },
 }
 
 /// MS-RDPEGFX 3.1.9.1.2's token table, in `ironrdp-graphics`' order: prefix, its length in
@@ -64,20 +67,118 @@ const TOKENS: [(u16, u32, Kind); 40] = [
     (0b11111101, 8, Kind::Literal),
     (0b11111110, 8, Kind::Literal),
     (0b11111111, 8, Kind::Literal),
-    (0b10001, 5, Kind::Match { distance_bits: 5, distance_base: 0 }),
-    (0b10010, 5, Kind::Match { distance_bits: 7, distance_base: 32 }),
-    (0b10011, 5, Kind::Match { distance_bits: 9, distance_base: 160 }),
-    (0b10100, 5, Kind::Match { distance_bits: 10, distance_base: 672 }),
-    (0b10101, 5, Kind::Match { distance_bits: 12, distance_base: 1_696 }),
-    (0b101100, 6, Kind::Match { distance_bits: 14, distance_base: 5_792 }),
-    (0b101101, 6, Kind::Match { distance_bits: 15, distance_base: 22_176 }),
-    (0b1011100, 7, Kind::Match { distance_bits: 18, distance_base: 54_944 }),
-    (0b1011101, 7, Kind::Match { distance_bits: 20, distance_base: 317_088 }),
-    (0b10111100, 8, Kind::Match { distance_bits: 20, distance_base: 1_365_664 }),
-    (0b10111101, 8, Kind::Match { distance_bits: 21, distance_base: 2_414_240 }),
-    (0b101111100, 9, Kind::Match { distance_bits: 22, distance_base: 4_511_392 }),
-    (0b101111101, 9, Kind::Match { distance_bits: 23, distance_base: 8_705_696 }),
-    (0b101111110, 9, Kind::Match { distance_bits: 24, distance_base: 17_094_304 }),
+    (
+        0b10001,
+        5,
+        Kind::Match {
+            distance_bits: 5,
+            distance_base: 0,
+        },
+    ),
+    (
+        0b10010,
+        5,
+        Kind::Match {
+            distance_bits: 7,
+            distance_base: 32,
+        },
+    ),
+    (
+        0b10011,
+        5,
+        Kind::Match {
+            distance_bits: 9,
+            distance_base: 160,
+        },
+    ),
+    (
+        0b10100,
+        5,
+        Kind::Match {
+            distance_bits: 10,
+            distance_base: 672,
+        },
+    ),
+    (
+        0b10101,
+        5,
+        Kind::Match {
+            distance_bits: 12,
+            distance_base: 1_696,
+        },
+    ),
+    (
+        0b101100,
+        6,
+        Kind::Match {
+            distance_bits: 14,
+            distance_base: 5_792,
+        },
+    ),
+    (
+        0b101101,
+        6,
+        Kind::Match {
+            distance_bits: 15,
+            distance_base: 22_176,
+        },
+    ),
+    (
+        0b1011100,
+        7,
+        Kind::Match {
+            distance_bits: 18,
+            distance_base: 54_944,
+        },
+    ),
+    (
+        0b1011101,
+        7,
+        Kind::Match {
+            distance_bits: 20,
+            distance_base: 317_088,
+        },
+    ),
+    (
+        0b10111100,
+        8,
+        Kind::Match {
+            distance_bits: 20,
+            distance_base: 1_365_664,
+        },
+    ),
+    (
+        0b10111101,
+        8,
+        Kind::Match {
+            distance_bits: 21,
+            distance_base: 2_414_240,
+        },
+    ),
+    (
+        0b101111100,
+        9,
+        Kind::Match {
+            distance_bits: 22,
+            distance_base: 4_511_392,
+        },
+    ),
+    (
+        0b101111101,
+        9,
+        Kind::Match {
+            distance_bits: 23,
+            distance_base: 8_705_696,
+        },
+    ),
+    (
+        0b101111110,
+        9,
+        Kind::Match {
+            distance_bits: 24,
+            distance_base: 17_094_304,
+        },
+    ),
 ];
 
 /// Bytes `message` (a whole `RDP_SEGMENTED_DATA`) decompresses to, or `Over` as soon as the
@@ -315,9 +416,7 @@ pub(crate) mod tests {
         push(&mut bits, 0b11000, 5); // literal 0x00
         push(&mut bits, 0b10001, 5); // match, 5 distance bits, base 0
         push(&mut bits, 1, 5); // distance 1
-        for _ in 0..k {
-            bits.push(1);
-        }
+        bits.extend(std::iter::repeat_n(1, k as usize));
         bits.push(0);
         push(&mut bits, value, k + 1);
         let mut message = vec![0xe0, 0x24];
