@@ -31,6 +31,8 @@ use crate::rdp::tiles::{Tile, TileKind, Update};
 use crate::rdp::{GfxEvent, InputEvent, PointerEvent, RdpEvent, TileDecoder};
 
 /// Frames sent to the page and not yet reported decoded, at most.
+/// Close code for "the RDP session ended" (the reason came first in a Disconnected message).
+pub const CLOSE_RDP_ENDED: u16 = 4000;
 pub const MAX_FRAMES_IN_FLIGHT: usize = 4;
 
 /// An encoded message: in pool memory when it fits a chunk; graphics payloads (an H.264
@@ -416,7 +418,8 @@ impl Session {
         self.on_rdp_end(reason);
     }
 
-    /// The close code and reason of an ending `on_refused` decided; `None` for the others.
+    /// The close code and reason of an ending `on_refused` or `on_rdp_end` decided; `None`
+    /// for the others.
     pub fn close_frame(&self) -> Option<(u16, &str)> {
         self.close.as_ref().map(|(c, r)| (*c, r.as_str()))
     }
@@ -544,10 +547,14 @@ impl Session {
         }
     }
 
-    /// The RDP side failed or ended: the page gets the reason, the session ends.
+    /// The RDP side failed or ended: the page gets the reason, the session ends. The close
+    /// frame carries the reason too (code 4000), for a page that reads only that.
     pub fn on_rdp_end(&mut self, reason: &str) {
         self.phase = Phase::Ended;
         self.ended = Some(reason.to_owned());
+        if self.close.is_none() {
+            self.close = Some((CLOSE_RDP_ENDED, reason.to_owned()));
+        }
         self.push_large(&ToBrowser::Disconnected {
             reason: Cow::Borrowed(reason),
         });

@@ -39,6 +39,8 @@
 //!   async acceptor; `session`: one connection.
 
 mod encoder;
+#[doc(hidden)]
+pub mod hostile;
 pub mod input;
 mod io;
 pub mod painter;
@@ -105,6 +107,10 @@ pub enum Content {
     /// each access unit stamped with its send time ([`stamp`]); no painting, no encoding, no
     /// sound, input ignored. Connections start at different frames of the reel.
     Replay(Arc<reel::Reel>),
+    /// Tests only: the real connection sequence, then the crafted steps instead of frames,
+    /// once the graphics channel is ready (see [`hostile`]).
+    #[doc(hidden)]
+    Hostile(Arc<Vec<hostile::Attack>>),
 }
 
 impl std::fmt::Debug for DemoOptions {
@@ -255,7 +261,7 @@ impl DemoServer {
         // A replay server is a graphics load: its sessions have no sound channel.
         let audio = match opts.content {
             Content::Desktop => opts.audio,
-            Content::Replay(_) => DemoAudio::Off,
+            Content::Replay(_) | Content::Hostile(_) => DemoAudio::Off,
         };
         let identity = tls::self_signed(&[])?;
         let listener = TcpListener::bind(opts.bind).map_err(|source| DemoError::Bind {
@@ -290,6 +296,7 @@ impl DemoServer {
             .map_err(DemoError::Thread)?;
         match &shared.content {
             Content::Desktop => info!(%addr, %audio, "demo rdp server listening"),
+            Content::Hostile(steps) => info!(%addr, ?steps, "hostile rdp server listening"),
             Content::Replay(reel) => info!(
                 %addr,
                 width = reel.width,

@@ -36,6 +36,7 @@ use rustls::{ServerConnection, StreamOwned};
 use tracing::{debug, info, warn};
 
 use super::encoder::{FPS, H264};
+use super::hostile::{Attack, RawPdu};
 use super::input::InputMapper;
 use super::io::{block_on, Blocking, NoNetwork};
 use super::painter::{Desktop, DesktopEvent, FrameClock};
@@ -102,6 +103,7 @@ pub fn serve(
             start_frame = replay.next,
             "replay rdp session started"
         ),
+        Picture::Hostile { .. } => info!(%peer, "hostile rdp session started"),
     }
     {
         let mut observed = shared.lock_observed();
@@ -131,7 +133,7 @@ fn handshake(
     // The desktop is painted at the size the client asks for; a reel has the size it was
     // encoded at, and the client is told so.
     let (desktop, honor_client) = match &shared.content {
-        Content::Desktop => (DEFAULT_DESKTOP, Some(MAX_DESKTOP)),
+        Content::Desktop | Content::Hostile(_) => (DEFAULT_DESKTOP, Some(MAX_DESKTOP)),
         Content::Replay(reel) => (
             DesktopSize {
                 width: reel.width,
@@ -367,6 +369,8 @@ enum Picture {
     Desktop(Desktop),
     /// A shared pre-encoded reel.
     Replay(Replay),
+    /// Crafted steps, sent once (tests only, see `super::hostile`).
+    Hostile { steps: Arc<Vec<Attack>>, sent: bool },
 }
 
 impl Picture {
@@ -374,13 +378,14 @@ impl Picture {
         match self {
             Picture::Desktop(desktop) => desktop.size(),
             Picture::Replay(replay) => (replay.reel.width, replay.reel.height),
+            Picture::Hostile { .. } => (DEFAULT_DESKTOP.width, DEFAULT_DESKTOP.height),
         }
     }
 
     /// Time between frames.
     fn period(&self) -> Duration {
         let fps = match self {
-            Picture::Desktop(_) => FPS,
+            Picture::Desktop(_) | Picture::Hostile { .. } => FPS,
             Picture::Replay(replay) => replay.reel.fps,
         };
         Duration::from_secs(1) / fps.max(1)
@@ -517,6 +522,10 @@ impl<'a> Session<'a> {
             picture: match &shared.content {
                 Content::Desktop => Picture::Desktop(Desktop::new(size.0, size.1)),
                 Content::Replay(reel) => Picture::Replay(Replay::new(reel, number)),
+                Content::Hostile(steps) => Picture::Hostile {
+                    steps: Arc::clone(steps),
+                    sent: false,
+                },
             },
             input: InputMapper::default(),
             gfx: GfxState::new(),
@@ -829,12 +838,61 @@ impl<'a> Session<'a> {
         let sent = match &mut self.picture {
             Picture::Desktop(desktop) => produce_frame(server, &mut self.gfx, desktop, elapsed)?,
             Picture::Replay(replay) => produce_replay_frame(server, &mut self.gfx, replay, elapsed),
+            Picture::Hostile { steps, sent } => {
+                if *sent || !server.is_ready() {
+                    return Ok(());
+                }
+                *sent = true;
+                let steps = Arc::clone(steps);
+                info!(?steps, "sending the hostile steps");
+                return self.attack(drdynvc_id, gfx_id, &steps);
+            }
         };
         let messages = server.drain_output();
         if sent {
             self.shared.frames_sent.fetch_add(1, Ordering::Relaxed);
         }
         self.send_dvc(drdynvc_id, gfx_id, messages)
+    }
+
+    /// Sends crafted steps, each in valid outer layers (see `super::hostile`).
+    fn attack(&mut self, drdynvc_id: u16, gfx_id: u32, steps: &[Attack]) -> Result<(), DemoError> {
+        for step in steps {
+            match step {
+                Attack::Raw(bytes) => self.send(bytes)?,
+                Attack::Drdynvc(make) => {
+                    let message = SvcMessage::from(RawPdu(make(gfx_id)))
+                        .with_flags(ChannelFlags::SHOW_PROTOCOL);
+                    let out =
+                        server_encode_svc_messages(vec![message], drdynvc_id, self.user_channel_id)
+                            .map_err(encode_err)?;
+                    self.send(&out)?;
+                }
+                Attack::StaticChunk { len, flags, data } => {
+                    let mut user_data = Vec::with_capacity(8 + data.len());
+                    user_data.extend(len.to_le_bytes());
+                    user_data.extend(flags.to_le_bytes());
+                    user_data.extend(data);
+                    let pdu = X224(ironrdp_pdu::mcs::SendDataIndication {
+                        initiator_id: self.user_channel_id,
+                        channel_id: drdynvc_id,
+                        user_data: std::borrow::Cow::Owned(user_data),
+                    });
+                    let out = encode_vec(&pdu).map_err(encode_err)?;
+                    self.send(&out)?;
+                }
+                Attack::Gfx(bytes) => {
+                    let message: DvcMessage = Box::new(RawPdu(bytes.clone()));
+                    self.send_dvc(drdynvc_id, gfx_id, vec![message])?;
+                }
+                Attack::Repeat { steps, times } => {
+                    for _ in 0..*times {
+                        self.attack(drdynvc_id, gfx_id, steps)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends dynamic channel messages on the DRDYNVC static channel (see [`encode_dvc`]).
@@ -1240,6 +1298,20 @@ mod tests {
     /// The access units of the WireToSurface1 PDUs among `messages`.
     fn sent_aus(messages: Vec<DvcMessage>) -> Vec<Vec<u8>> {
         let mut channel = crate::rdp::egfx::GfxChannel::new();
+        // The surface was created by an earlier tick; the channel must know it.
+        let create =
+            ironrdp_egfx::pdu::GfxPdu::CreateSurface(ironrdp_egfx::pdu::CreateSurfacePdu {
+                surface_id: 0,
+                width: 8192,
+                height: 8192,
+                pixel_format: ironrdp_egfx::pdu::PixelFormat::XRgb,
+            });
+        channel
+            .decode_message(&ironrdp_graphics::zgfx::wrap_uncompressed(
+                &encode_vec(&create).unwrap(),
+            ))
+            .unwrap();
+        channel.pop_event();
         let mut aus = Vec::new();
         for m in messages {
             channel

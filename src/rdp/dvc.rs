@@ -32,6 +32,12 @@ pub const LARGE: usize = 16 << 10;
 /// rarely above a megabyte.
 pub const DEFAULT_MAX_MESSAGE: usize = 2 << 20;
 
+/// Channels that may have a fragmented message in progress at once. The gateway opens three
+/// dynamic channels (graphics, sound, display control); each message in progress holds a
+/// buffer of its announced size, so a server must not be able to start one on every channel
+/// id it can name.
+pub const MAX_PARTIAL: usize = 4;
+
 /// MS-RDPEDYC 2.2.3.1 DYNVC_DATA_FIRST and 2.2.3.3 DYNVC_DATA_FIRST_COMPRESSED.
 const CMD_DATA_FIRST: u8 = 0x02;
 const CMD_DATA: u8 = 0x03;
@@ -62,6 +68,8 @@ pub struct BoundedDrdynvc {
     inner: DrdynvcClient,
     max_message: usize,
     refused: Option<Oversize>,
+    /// How the server broke the fragmentation rules, in words, for the session's end.
+    violation: Option<String>,
     /// One per channel with a message in progress (a handful of channels at most).
     partial: Vec<Partial>,
     /// The core's budget for large messages; `None` in tests that do not need one.
@@ -82,6 +90,7 @@ impl BoundedDrdynvc {
             inner,
             max_message,
             refused: None,
+            violation: None,
             partial: Vec::new(),
             large: None,
             needs: None,
@@ -105,7 +114,12 @@ impl BoundedDrdynvc {
     /// The permit the waiting message waited for.
     pub fn give_permit(&mut self, permit: LargePermit) {
         self.needs = None;
-        if let Some(p) = self.partial.iter_mut().find(|p| p.permit.is_none()) {
+        // The message that waits is the large one without a permit (small ones never get one).
+        if let Some(p) = self
+            .partial
+            .iter_mut()
+            .find(|p| p.permit.is_none() && p.total > LARGE)
+        {
             p.data.reserve_exact(p.total.saturating_sub(p.data.len()));
             p.permit = Some(permit);
         }
@@ -128,6 +142,18 @@ impl BoundedDrdynvc {
     /// Why the last PDU was refused, if it was for its size.
     pub fn take_refusal(&mut self) -> Option<Oversize> {
         self.refused.take()
+    }
+
+    /// How the last refused PDU broke the fragmentation rules, if that was why.
+    pub fn take_violation(&mut self) -> Option<String> {
+        self.violation.take()
+    }
+
+    /// Records `why` for the session's end and refuses the PDU.
+    fn violated(&mut self, what: &'static str, why: String) -> PduResult<Vec<SvcMessage>> {
+        let err = pdu_other_err!(what, "fragmentation rules broken");
+        self.violation = Some(why);
+        Err(err)
     }
 
     /// Refuses a DataFirst (`h` of a PDU) announcing more than the limit.
@@ -268,13 +294,26 @@ impl SvcProcessor for BoundedDrdynvc {
                 }
                 let total = usize::try_from(total).unwrap_or(usize::MAX);
                 if data.len() > total {
-                    return Err(pdu_other_err!(
+                    return self.violated(
                         "DVC DataFirst",
-                        "first block is longer than the message length"
-                    ));
+                        format!(
+                            "dynamic channel {}: the first fragment is longer than the {total} \
+                             bytes announced",
+                            h.channel
+                        ),
+                    );
                 }
                 if data.len() == total {
                     return self.whole(h.channel, data.to_vec());
+                }
+                if self.partial.len() >= MAX_PARTIAL {
+                    return self.violated(
+                        "DVC DataFirst",
+                        format!(
+                            "fragmented messages on more than {MAX_PARTIAL} dynamic channels \
+                             at once"
+                        ),
+                    );
                 }
                 // `check` bounded `total` by the limit. A large message takes its room in the
                 // core's budget first, or waits for it with only this first block kept.
@@ -306,11 +345,15 @@ impl SvcProcessor for BoundedDrdynvc {
             (CMD_DATA, _, Some(i)) => {
                 let p = &mut self.partial[i];
                 if p.data.len() + data.len() > p.total {
+                    let total = p.total;
                     self.partial.swap_remove(i);
-                    return Err(pdu_other_err!(
+                    return self.violated(
                         "DVC Data",
-                        "blocks are longer than the message length"
-                    ));
+                        format!(
+                            "dynamic channel {}: fragments go on past the {total} bytes announced",
+                            h.channel
+                        ),
+                    );
                 }
                 p.data.extend_from_slice(data);
                 if p.data.len() < p.total {
@@ -357,6 +400,48 @@ mod tests {
             vec![0; 100],
         )));
         encode_vec(&pdu).unwrap()
+    }
+
+    /// A server naming channel after channel in DataFirst PDUs cannot make the gateway keep
+    /// a buffer for each: a fifth message in progress ends the session.
+    #[test]
+    fn messages_in_progress_are_bounded_per_session() {
+        let mut d = BoundedDrdynvc::new(DrdynvcClient::new(), 1 << 20);
+        for channel in 0..MAX_PARTIAL as u32 {
+            assert!(d.process(&data_first(100 + channel, 16 << 10)).is_ok());
+        }
+        let err = d.process(&data_first(200, 16 << 10)).unwrap_err();
+        assert!(
+            d.take_violation()
+                .unwrap()
+                .contains("more than 4 dynamic channels at once"),
+            "{err}"
+        );
+        assert_eq!(d.partial.len(), MAX_PARTIAL);
+    }
+
+    /// The permit a large message waited for goes to that message, not to a small one in
+    /// progress on another channel.
+    #[test]
+    fn a_permit_goes_to_the_message_that_waited_for_it() {
+        let budget = LargeBudget::new(1 << 20);
+        let hog = budget.try_take(1).unwrap();
+        let mut d = BoundedDrdynvc::new(DrdynvcClient::new(), 1 << 20).with_budget(budget.clone());
+        d.process(&data_first(1, 4 << 10)).unwrap();
+        d.process(&data_first(2, 512 << 10)).unwrap();
+        let need = d.permit_needed().unwrap();
+        drop(hog);
+        d.give_permit(budget.try_take(need).unwrap());
+        let large = d.partial.iter().find(|p| p.channel == 2).unwrap();
+        assert!(large.permit.is_some());
+        assert!(large.data.capacity() >= 512 << 10);
+        assert!(d
+            .partial
+            .iter()
+            .find(|p| p.channel == 1)
+            .unwrap()
+            .permit
+            .is_none());
     }
 
     #[test]

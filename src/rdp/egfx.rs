@@ -38,6 +38,19 @@ pub const MAX_QUEUED_EVENTS: usize = 1024;
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// The decompression buffer is kept between messages up to this size and shrunk beyond it.
 const SCRATCH_KEEP: usize = 256 << 10;
+/// A message may decompress to this many times its wire size (but never to more than the
+/// queue's byte cap), or to [`SMALL_EXPANSION`] bytes, whichever is larger. Graphics commands
+/// compress a few times over; H.264 not at all. Without a bound, a few compressed bytes can
+/// ask IronRDP's decompressor for 64 MiB (see `rdp::zgfx_bound`).
+pub const MAX_EXPANSION_RATIO: usize = 16;
+/// What any message may decompress to: the decompression buffer kept between messages.
+pub const SMALL_EXPANSION: usize = SCRATCH_KEEP;
+/// Largest surface side: MS-RDPBCGR's largest desktop is 8192 pixels on a side, and a page
+/// allocates a canvas of each surface's size.
+pub const MAX_SURFACE_SIDE: u16 = 8192;
+/// Surfaces one session may have at once. Servers create one per monitor and a few
+/// off-screen ones; the page keeps a canvas for each.
+pub const MAX_SURFACES: usize = 64;
 const RDPGFX_HEADER: usize = 8;
 
 /// A rectangle with exclusive right and bottom edges (`RDPGFX_RECT16`).
@@ -261,6 +274,38 @@ pub enum GfxError {
     },
     #[error("graphics channel: the server sent a command after closing the channel")]
     Closed,
+    #[error("graphics channel: a {wire}-byte message would decompress to more than {limit} bytes")]
+    Expansion { wire: usize, limit: usize },
+    #[error(
+        "graphics channel: surface {surface} of {width}×{height} pixels is not within \
+         1×1 to {MAX_SURFACE_SIDE}×{MAX_SURFACE_SIDE}"
+    )]
+    SurfaceSize {
+        surface: u16,
+        width: u16,
+        height: u16,
+    },
+    #[error(
+        "graphics channel: a desktop of {width}×{height} pixels is not within \
+         1×1 to {MAX_SURFACE_SIDE}×{MAX_SURFACE_SIDE}"
+    )]
+    DesktopSize { width: u32, height: u32 },
+    #[error("graphics channel: the server created more than {MAX_SURFACES} surfaces")]
+    TooManySurfaces,
+    #[error("graphics channel: H.264 for surface {surface}, which the server never created")]
+    UnknownSurface { surface: u16 },
+    #[error(
+        "graphics channel: H.264 {what} ({}, {})–({}, {}) is outside surface {surface} \
+         of {width}×{height}",
+        rect.left, rect.top, rect.right, rect.bottom
+    )]
+    OutsideSurface {
+        what: &'static str,
+        rect: Rect,
+        surface: u16,
+        width: u16,
+        height: u16,
+    },
     #[error("graphics channel: cannot encode a frame acknowledgement: {0}")]
     Encode(String),
 }
@@ -279,6 +324,8 @@ pub struct GfxChannel {
     confirmed: Option<(u32, u32)>,
     frames_decoded: u32,
     error: Option<GfxError>,
+    /// The surfaces the server created and has not deleted: id, width, height.
+    surfaces: Vec<(u16, u16, u16)>,
 }
 
 impl Default for GfxChannel {
@@ -306,6 +353,7 @@ impl GfxChannel {
             confirmed: None,
             frames_decoded: 0,
             error: None,
+            surfaces: Vec::new(),
         }
     }
 
@@ -378,6 +426,17 @@ impl GfxChannel {
         self.scratch.clear();
         if self.scratch.capacity() > SCRATCH_KEEP {
             self.scratch.shrink_to(SCRATCH_KEEP);
+        }
+        let limit = payload
+            .len()
+            .saturating_mul(MAX_EXPANSION_RATIO)
+            .max(SMALL_EXPANSION)
+            .min(self.max_bytes.max(SMALL_EXPANSION));
+        if super::zgfx_bound::expansion(payload, limit) == super::zgfx_bound::Expansion::Over {
+            return Err(GfxError::Expansion {
+                wire: payload.len(),
+                limit,
+            });
         }
         self.decompressor
             .decompress(payload, &mut self.scratch)
@@ -470,6 +529,15 @@ impl GfxChannel {
                     flags,
                 }
             }
+            GfxPdu::ResetGraphics(r)
+                if !(1..=u32::from(MAX_SURFACE_SIDE)).contains(&r.width)
+                    || !(1..=u32::from(MAX_SURFACE_SIDE)).contains(&r.height) =>
+            {
+                return Err(GfxError::DesktopSize {
+                    width: r.width,
+                    height: r.height,
+                });
+            }
             GfxPdu::ResetGraphics(r) => GfxEvent::ResetGraphics {
                 width: r.width,
                 height: r.height,
@@ -485,15 +553,21 @@ impl GfxChannel {
                     })
                     .collect(),
             },
-            GfxPdu::CreateSurface(c) => GfxEvent::CreateSurface {
-                surface: c.surface_id,
-                width: c.width,
-                height: c.height,
-                format: c.pixel_format.into(),
-            },
-            GfxPdu::DeleteSurface(d) => GfxEvent::DeleteSurface {
-                surface: d.surface_id,
-            },
+            GfxPdu::CreateSurface(c) => {
+                self.create_surface(c.surface_id, c.width, c.height)?;
+                GfxEvent::CreateSurface {
+                    surface: c.surface_id,
+                    width: c.width,
+                    height: c.height,
+                    format: c.pixel_format.into(),
+                }
+            }
+            GfxPdu::DeleteSurface(d) => {
+                self.surfaces.retain(|(id, _, _)| *id != d.surface_id);
+                GfxEvent::DeleteSurface {
+                    surface: d.surface_id,
+                }
+            }
             GfxPdu::MapSurfaceToOutput(m) => GfxEvent::MapSurfaceToOutput {
                 surface: m.surface_id,
                 x: m.output_origin_x,
@@ -535,10 +609,15 @@ impl GfxChannel {
                         stream.data.len(),
                     )
                 };
-                let au_offset = w.bitmap_data.len() - au_len;
+                let dest = Rect::from(&w.destination_rectangle);
+                self.check_inside(w.surface_id, "destination", dest)?;
+                for r in &regions {
+                    self.check_inside(w.surface_id, "region", *r)?;
+                }
+                let au_offset = w.bitmap_data.len().saturating_sub(au_len);
                 GfxEvent::Avc420(Avc420 {
                     surface: w.surface_id,
-                    dest: Rect::from(&w.destination_rectangle),
+                    dest,
                     regions,
                     quant_qual,
                     format: w.pixel_format.into(),
@@ -618,6 +697,49 @@ impl GfxChannel {
     }
 }
 
+impl GfxChannel {
+    /// Records a surface, within the side and count limits (a page allocates a canvas for
+    /// each). Creating an id again replaces it, as on the page.
+    fn create_surface(&mut self, surface: u16, width: u16, height: u16) -> Result<(), GfxError> {
+        if !(1..=MAX_SURFACE_SIDE).contains(&width) || !(1..=MAX_SURFACE_SIDE).contains(&height) {
+            return Err(GfxError::SurfaceSize {
+                surface,
+                width,
+                height,
+            });
+        }
+        self.surfaces.retain(|(id, _, _)| *id != surface);
+        if self.surfaces.len() >= MAX_SURFACES {
+            return Err(GfxError::TooManySurfaces);
+        }
+        self.surfaces.push((surface, width, height));
+        Ok(())
+    }
+
+    /// H.264 must land on a surface the server created, inside it: the page would otherwise
+    /// decode pictures it can only throw away (FreeRDP refuses them too).
+    fn check_inside(&self, surface: u16, what: &'static str, rect: Rect) -> Result<(), GfxError> {
+        let Some(&(_, width, height)) = self.surfaces.iter().find(|(id, _, _)| *id == surface)
+        else {
+            return Err(GfxError::UnknownSurface { surface });
+        };
+        if rect.left > rect.right
+            || rect.top > rect.bottom
+            || rect.right > width
+            || rect.bottom > height
+        {
+            return Err(GfxError::OutsideSurface {
+                what,
+                rect,
+                surface,
+                width,
+                height,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn timestamp_ms(t: &Timestamp) -> u32 {
     ((u32::from(t.hours) * 60 + u32::from(t.minutes)) * 60 + u32::from(t.seconds)) * 1000
         + u32::from(t.milliseconds)
@@ -632,6 +754,8 @@ impl DvcProcessor for GfxChannel {
         debug!(channel_id, "graphics channel opened");
         self.channel_id = Some(channel_id);
         self.closed = false;
+        // A new channel starts with no surfaces, as the page's does.
+        self.surfaces.clear();
         let caps = Self::advertised_capabilities();
         let pdu = GfxPdu::CapabilitiesAdvertise(CapabilitiesAdvertisePdu::from_typed(&caps));
         Ok(vec![Box::new(pdu)])
@@ -705,6 +829,118 @@ mod tests {
             },
             bitmap_data: stream,
         })
+    }
+
+    fn surface(surface_id: u16, width: u16, height: u16) -> GfxPdu {
+        GfxPdu::CreateSurface(CreateSurfacePdu {
+            surface_id,
+            width,
+            height,
+            pixel_format: PixelFormat::XRgb,
+        })
+    }
+
+    #[test]
+    fn surfaces_have_sane_sizes_and_a_bounded_count() {
+        let mut ch = GfxChannel::new();
+        let err = ch
+            .decode_message(&wire(&[surface(1, 65535, 65535)]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "graphics channel: surface 1 of 65535×65535 pixels is not within 1×1 to 8192×8192"
+        );
+        assert!(matches!(
+            GfxChannel::new().decode_message(&wire(&[surface(1, 0, 10)])),
+            Err(GfxError::SurfaceSize { .. })
+        ));
+        let err = GfxChannel::new()
+            .decode_message(&wire(&[GfxPdu::ResetGraphics(ResetGraphicsPdu {
+                width: 10_000,
+                height: 720,
+                monitors: vec![],
+            })]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "graphics channel: a desktop of 10000×720 pixels is not within 1×1 to 8192×8192"
+        );
+        let mut ch = GfxChannel::new();
+        let all: Vec<_> = (0..MAX_SURFACES as u16).map(|i| surface(i, 8, 8)).collect();
+        ch.decode_message(&wire(&all)).unwrap();
+        // Creating an id again replaces it; a deleted one makes room.
+        ch.decode_message(&wire(&[surface(0, 16, 16)])).unwrap();
+        assert_eq!(
+            ch.decode_message(&wire(&[surface(999, 8, 8)])),
+            Err(GfxError::TooManySurfaces)
+        );
+        ch.decode_message(&wire(&[
+            GfxPdu::DeleteSurface(ironrdp_egfx::pdu::DeleteSurfacePdu { surface_id: 3 }),
+            surface(999, 8, 8),
+        ]))
+        .unwrap();
+        // A reopened channel starts without surfaces.
+        ch.start(4).unwrap();
+        assert_eq!(ch.surfaces.len(), 0);
+    }
+
+    #[test]
+    fn h264_lands_inside_a_surface_the_server_created() {
+        assert_eq!(
+            GfxChannel::new().decode_message(&wire(&[avc(1)])),
+            Err(GfxError::UnknownSurface { surface: 1 })
+        );
+        // avc() covers 64×32.
+        let err = GfxChannel::new()
+            .decode_message(&wire(&[surface(1, 32, 32), avc(1)]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "graphics channel: H.264 destination (0, 0)–(64, 32) is outside surface 1 of 32×32"
+        );
+        let stream = encode_avc420_bitmap_stream(
+            &[
+                Avc420Region::new(0, 0, 64, 32, 22, 100),
+                Avc420Region::new(60_000, 0, 65_535, 9, 22, 100),
+            ],
+            AU,
+        );
+        let GfxPdu::WireToSurface1(mut w) = avc(1) else {
+            unreachable!()
+        };
+        w.bitmap_data = stream;
+        let err = GfxChannel::new()
+            .decode_message(&wire(&[surface(1, 64, 64), GfxPdu::WireToSurface1(w)]))
+            .unwrap_err();
+        assert!(
+            matches!(err, GfxError::OutsideSurface { what: "region", .. }),
+            "{err}"
+        );
+        let mut ch = GfxChannel::new();
+        ch.decode_message(&wire(&[surface(1, 64, 32), avc(1)]))
+            .unwrap();
+        assert_eq!(drain(&mut ch).len(), 2);
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_expands() {
+        let mut ch = GfxChannel::new();
+        let bomb = crate::rdp::zgfx_bound::tests::bomb(29, 0);
+        let err = ch.decode_message(&bomb).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "graphics channel: a {}-byte message would decompress to more than 262144 bytes",
+                bomb.len()
+            )
+        );
+        assert_eq!(ch.scratch.capacity(), 0, "nothing was decompressed");
+        // Within the ratio it goes through to the command parser.
+        let small = crate::rdp::zgfx_bound::tests::bomb(10, 0);
+        assert!(matches!(
+            ch.decode_message(&small),
+            Err(GfxError::Malformed { .. })
+        ));
     }
 
     fn drain(ch: &mut GfxChannel) -> Vec<GfxEvent> {
@@ -964,7 +1200,9 @@ mod tests {
         assert_eq!(ch.queued().0, 3);
         drain(&mut ch);
         let mut ch = GfxChannel::with_limits(100, 32);
-        let err = ch.decode_message(&wire(&[avc(1)])).unwrap_err();
+        let err = ch
+            .decode_message(&wire(&[surface(1, 64, 64), avc(1)]))
+            .unwrap_err();
         assert!(matches!(err, GfxError::QueueFull { .. }), "{err}");
         assert_eq!(ch.queued(), (0, 0));
     }

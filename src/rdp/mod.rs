@@ -16,6 +16,7 @@ pub mod large;
 pub mod session;
 pub mod target;
 pub mod tiles;
+pub mod zgfx_bound;
 
 use std::sync::Arc;
 
@@ -114,6 +115,8 @@ pub enum RdpError {
         len: u32,
         limit: usize,
     },
+    #[error("{host} broke the virtual channel protocol: {why}")]
+    ChannelProtocol { host: String, why: String },
     #[error("{host} does not accept fast-path input, which rdpwire needs to send input")]
     NoFastPathInput { host: String },
     #[error("the graphics channel to {host} is not open yet")]

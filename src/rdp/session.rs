@@ -42,6 +42,8 @@ pub struct Session {
     stage: ActiveStage,
     image: DecodedImage,
     factory: ConnectionActivationFactory,
+    /// The I/O channel, whose PDUs are not virtual channel chunks.
+    io_channel: u16,
     reactivation: Option<ConnectionActivationSequence>,
     desktop: DesktopSize,
     fastpath_input: bool,
@@ -103,6 +105,7 @@ impl Session {
             stage,
             image: DecodedImage::new(PixelFormat::RgbA32, 1, 1),
             factory: activation_factory,
+            io_channel: io_channel_id,
             reactivation: None,
             desktop: desktop_size,
             fastpath_input,
@@ -253,6 +256,14 @@ impl Session {
         if self.reactivation.is_some() {
             return self.reactivate_step(frame, received_at, out);
         }
+        if action == Action::X224 {
+            if let Some(why) = static_channel_violation(frame, self.io_channel) {
+                return Err(RdpError::ChannelProtocol {
+                    host: self.host.clone(),
+                    why,
+                });
+            }
+        }
         let outputs = match self
             .stage
             .process(&mut self.image, action, frame, received_at)
@@ -395,6 +406,7 @@ impl Session {
                 ..
             } => {
                 let io = seq.io_channel_id();
+                self.io_channel = io;
                 let user = seq.user_channel_id();
                 self.reactivation = None;
                 if !self.stage.reactivate(
@@ -610,6 +622,16 @@ impl Session {
                 limit: o.limit,
             };
         }
+        let violation = self
+            .stage
+            .get_svc_processor_mut::<BoundedDrdynvc>()
+            .and_then(BoundedDrdynvc::take_violation);
+        if let Some(why) = violation {
+            return RdpError::ChannelProtocol {
+                host: self.host.clone(),
+                why,
+            };
+        }
         if let Some(gfx_err) = self.with_gfx(GfxChannel::take_error).flatten() {
             return RdpError::Graphics {
                 host: self.host.clone(),
@@ -622,6 +644,37 @@ impl Session {
             why: err.report().to_string(),
         }
     }
+}
+
+/// Largest message a server may announce on a static virtual channel (the DRDYNVC and sound
+/// channels). IronRDP reassembles a chunked static channel message in a buffer that grows to
+/// the length its first chunk announces, a 32-bit field: without this limit a server could
+/// make a session hold up to 4 GiB. DRDYNVC PDUs are at most 1,600 bytes (MS-RDPEDYC), sound
+/// PDUs a wave of a few tens of milliseconds.
+pub const MAX_STATIC_MESSAGE: u32 = 256 << 10;
+
+/// Why the static channel chunk in `frame` (an X.224 PDU) must be refused: its first chunk
+/// announces more than [`MAX_STATIC_MESSAGE`]. Anything that is not a channel chunk is left to
+/// IronRDP.
+fn static_channel_violation(frame: &[u8], io_channel: u16) -> Option<String> {
+    use ironrdp_pdu::mcs::SendDataIndication;
+    use ironrdp_pdu::x224::X224;
+    /// `CHANNEL_FLAG_FIRST` (MS-RDPBCGR 2.2.6.1.1).
+    const FLAG_FIRST: u32 = 0x1;
+    let X224(data) = ironrdp_core::decode::<X224<SendDataIndication<'_>>>(frame).ok()?;
+    if data.channel_id == io_channel {
+        return None;
+    }
+    let header = data.user_data.get(..8)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let flags = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    (flags & FLAG_FIRST != 0 && len > MAX_STATIC_MESSAGE).then(|| {
+        format!(
+            "static channel {} announced a {len}-byte message, above the limit of \
+             {MAX_STATIC_MESSAGE} bytes",
+            data.channel_id
+        )
+    })
 }
 
 fn has_fastpath_input(flags: InputFlags) -> bool {
@@ -767,6 +820,73 @@ mod tests {
             "create response and capabilities advertise"
         );
         s
+    }
+
+    /// A static channel chunk announcing a message of gigabytes ends the session before
+    /// IronRDP starts a reassembly buffer for it; one within the limit is IronRDP's to handle.
+    #[test]
+    fn a_static_channel_message_above_the_limit_ends_the_session() {
+        let chunk = |len: u32| {
+            let mut user_data = Vec::new();
+            user_data.extend(len.to_le_bytes());
+            user_data.extend(1u32.to_le_bytes()); // CHANNEL_FLAG_FIRST
+            user_data.extend([0u8; 64]);
+            encode_vec(&X224(SendDataIndication {
+                initiator_id: USER_CHANNEL,
+                channel_id: DRDYNVC_CHANNEL,
+                user_data: Cow::Owned(user_data),
+            }))
+            .unwrap()
+        };
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let err = s
+            .process(Action::X224, &chunk(u32::MAX), None, &mut out)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "test-host broke the virtual channel protocol: static channel {DRDYNVC_CHANNEL} \
+                 announced a 4294967295-byte message, above the limit of 262144 bytes"
+            )
+        );
+        assert_eq!(
+            static_channel_violation(&chunk(MAX_STATIC_MESSAGE), IO_CHANNEL),
+            None
+        );
+        // The I/O channel carries share PDUs, not chunks.
+        let io = encode_vec(&X224(SendDataIndication {
+            initiator_id: USER_CHANNEL,
+            channel_id: IO_CHANNEL,
+            user_data: Cow::Owned(vec![0xff; 16]),
+        }))
+        .unwrap();
+        assert_eq!(static_channel_violation(&io, IO_CHANNEL), None);
+    }
+
+    /// Fragments that go on past the length their DataFirst announced end the session with
+    /// the rule that was broken, not IronRDP's error chain.
+    #[test]
+    fn fragments_past_the_announced_length_end_the_session_in_words() {
+        use ironrdp_dvc::pdu::DataFirstPdu;
+        let mut s = open_session();
+        let mut out = Vec::new();
+        let first = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::DataFirst(
+            DataFirstPdu::new(GFX_DVC, 3000, vec![0; 1500]),
+        )));
+        s.process(Action::X224, &first, None, &mut out).unwrap();
+        let more = dvc(DrdynvcServerPdu::Data(DrdynvcDataPdu::Data(DataPdu::new(
+            GFX_DVC,
+            vec![0; 1501],
+        ))));
+        let err = s.process(Action::X224, &more, None, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "test-host broke the virtual channel protocol: dynamic channel {GFX_DVC}: \
+                 fragments go on past the 3000 bytes announced"
+            )
+        );
     }
 
     /// A server announcing a graphics message larger than the limit ends its session in words,
@@ -973,7 +1093,8 @@ mod tests {
             .process(Action::X224, &too_long, None, &mut out)
             .unwrap_err();
         assert!(
-            err.to_string().contains("longer than the message length"),
+            err.to_string()
+                .contains("fragments go on past the 1500 bytes announced"),
             "{err}"
         );
     }

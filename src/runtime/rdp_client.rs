@@ -180,6 +180,19 @@ impl RdpClient {
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
                     self.session.transport_closed(describe_io(&err));
                 }
+                // ironrdp-async wraps a framing error (bytes that are no TPKT or fast-path
+                // header) as `Other`: the server broke the protocol, the link is fine.
+                Err(err)
+                    if err
+                        .get_ref()
+                        .is_some_and(|e| e.is::<ironrdp_core::DecodeError>()) =>
+                {
+                    return Err(RdpError::Protocol {
+                        host: self.host.clone(),
+                        phase: "reading a PDU",
+                        why: format!("the server sent bytes that are not an RDP PDU: {err}"),
+                    })
+                }
                 Err(err) => {
                     return Err(RdpError::ConnectionLost {
                         host: self.host.clone(),

@@ -43,8 +43,7 @@ use super::reattach::{Arrival, Resumable};
 const HEAP_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// RFC 6455 limits a close reason to 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
-/// Close code for "the RDP session ended"; the reason came first in a Disconnected message.
-const CLOSE_RDP_ENDED: u16 = 4000;
+use crate::session::CLOSE_RDP_ENDED;
 /// Close code for "the browser sent nothing for the idle timeout".
 const CLOSE_IDLE: u16 = 4001;
 /// RFC 6455 "internal error": a bug in the gateway ended this session (its task panicked).
