@@ -73,6 +73,13 @@ const REPLAY_START_STRIDE: usize = 7;
 
 type TlsStream = StreamOwned<ServerConnection, TcpStream>;
 
+/// What one read of the client's socket gave.
+enum Received {
+    Bytes,
+    Nothing,
+    Closed(End),
+}
+
 /// Why a session ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -605,37 +612,36 @@ impl<'a> Session<'a> {
     fn drain(&mut self) -> Result<Option<End>, DemoError> {
         self.stream.sock.set_nonblocking(true)?;
         let read = loop {
-            match self.stream.read(&mut self.chunk) {
-                Ok(0) => break Ok(Some(self.closed())),
-                Ok(n) => self
-                    .rx
-                    .extend_from_slice(self.chunk.get(..n).unwrap_or_default()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    break Ok(None)
-                }
-                Err(e) if is_disconnect(&e) => break Ok(Some(self.closed())),
-                Err(e) => break Err(e),
+            match self.read_once() {
+                Ok(Received::Bytes) => {}
+                other => break other,
             }
         };
         self.stream.sock.set_nonblocking(false)?;
-        if let Some(end) = read? {
-            return Ok(Some(end));
+        match read? {
+            Received::Closed(end) => Ok(Some(end)),
+            Received::Bytes | Received::Nothing => self.handle_buffered(),
         }
-        self.handle_buffered()
     }
 
     /// Reads what the client sent (waiting at most until the read timeout) and handles it.
     fn pump(&mut self) -> Result<Option<End>, DemoError> {
+        match self.read_once()? {
+            Received::Closed(end) => Ok(Some(end)),
+            Received::Nothing => Ok(None),
+            Received::Bytes => self.handle_buffered(),
+        }
+    }
+
+    /// One read into `rx`: bytes, nothing yet (timed out, would block), or the end.
+    fn read_once(&mut self) -> io::Result<Received> {
         match self.stream.read(&mut self.chunk) {
-            Ok(0) => return Ok(Some(self.closed())),
-            Ok(n) => self
-                .rx
-                .extend_from_slice(self.chunk.get(..n).unwrap_or_default()),
+            Ok(0) => Ok(Received::Closed(self.closed())),
+            Ok(n) => {
+                self.rx
+                    .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
+                Ok(Received::Bytes)
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -644,12 +650,11 @@ impl<'a> Session<'a> {
                         | io::ErrorKind::Interrupted
                 ) =>
             {
-                return Ok(None)
+                Ok(Received::Nothing)
             }
-            Err(e) if is_disconnect(&e) => return Ok(Some(self.closed())),
-            Err(e) => return Err(e.into()),
+            Err(e) if is_disconnect(&e) => Ok(Received::Closed(self.closed())),
+            Err(e) => Err(e),
         }
-        self.handle_buffered()
     }
 
     /// The reading side ended: the client left, or [`DemoServer`](super::DemoServer)'s drop
