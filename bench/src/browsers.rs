@@ -471,8 +471,7 @@ fn page_session(
     ws.get_mut().inner.set_read_timeout(Some(POLL))?;
     let mut next_ping = Instant::now() + PING_EVERY;
     let mut nonce = 0u64;
-    let mut decoded = 0u32;
-    let mut last_frame: Option<Instant> = None;
+    let mut page = PageState::default();
     let acks = kind != Kind::Stalled;
     while !ctl.stop.load(Relaxed) {
         if Instant::now() >= next_ping {
@@ -487,46 +486,8 @@ fn page_session(
             Err(e) if is_timeout(&e) => continue,
             Err(e) => return Err(e.into()),
         };
-        let received = servers::now_ns();
-        match ToBrowser::decode(&msg) {
-            Ok(ToBrowser::Avc420 { access_unit, .. }) => {
-                st.bytes.fetch_add(access_unit.len() as u64, Relaxed);
-                if ctl.recording.load(Relaxed) {
-                    if let Some(sent) = servers::read_stamp(&access_unit) {
-                        env.record_latency(received.saturating_sub(sent));
-                    }
-                }
-            }
-            Ok(ToBrowser::EndFrame { frame_id }) => {
-                st.frames.fetch_add(1, Relaxed);
-                decoded = decoded.wrapping_add(1);
-                let now = Instant::now();
-                let acking = acks && ctl.acking.load(Relaxed);
-                if let Some(prev) = last_frame {
-                    if acking && ctl.recording.load(Relaxed) && now - prev > STALL {
-                        st.stalls.fetch_add(1, Relaxed);
-                    }
-                }
-                last_frame = Some(now);
-                st.settle(env, true);
-                if acking {
-                    send(
-                        &mut ws,
-                        &FromBrowser::FrameDecoded {
-                            frame_id,
-                            frames_decoded: decoded,
-                            queue_depth: 0,
-                        },
-                    )?;
-                }
-            }
-            Ok(ToBrowser::Disconnected { reason }) => bail!("disconnected: {reason}"),
-            Ok(_) => {}
-            Err(e) => bail!("undecodable message: {e}"),
-        }
-        if !acks || !ctl.acking.load(Relaxed) {
-            // Not acknowledging: a pause is expected, not a stall.
-            last_frame = None;
+        if let Some(ack) = page.on_message(env, ctl, st, acks, &msg)? {
+            send(&mut ws, &ack)?;
         }
     }
     let _ = ws.close(None);
@@ -539,6 +500,68 @@ fn page_session(
         }
     }
     Ok(false)
+}
+
+/// What a page remembers of its stream, and how it takes one message from the gateway; shared
+/// by the pages on their own threads and those on a [`pump`](crate::pump).
+#[derive(Default)]
+pub struct PageState {
+    decoded: u32,
+    last_frame: Option<Instant>,
+}
+
+impl PageState {
+    /// Records what `msg` says (bytes, residence time, frames, stalls) and returns the
+    /// FrameDecoded to send for it, if the page acknowledges now.
+    pub fn on_message(
+        &mut self,
+        env: &Env,
+        ctl: &Control,
+        st: &Stats,
+        acks: bool,
+        msg: &[u8],
+    ) -> Result<Option<FromBrowser>> {
+        let received = servers::now_ns();
+        let mut ack = None;
+        match ToBrowser::decode(msg) {
+            Ok(ToBrowser::Avc420 { access_unit, .. }) => {
+                st.bytes.fetch_add(access_unit.len() as u64, Relaxed);
+                if ctl.recording.load(Relaxed) {
+                    if let Some(sent) = servers::read_stamp(&access_unit) {
+                        env.record_latency(received.saturating_sub(sent));
+                    }
+                }
+            }
+            Ok(ToBrowser::EndFrame { frame_id }) => {
+                st.frames.fetch_add(1, Relaxed);
+                self.decoded = self.decoded.wrapping_add(1);
+                let now = Instant::now();
+                let acking = acks && ctl.acking.load(Relaxed);
+                if let Some(prev) = self.last_frame {
+                    if acking && ctl.recording.load(Relaxed) && now - prev > STALL {
+                        st.stalls.fetch_add(1, Relaxed);
+                    }
+                }
+                self.last_frame = Some(now);
+                st.settle(env, true);
+                if acking {
+                    ack = Some(FromBrowser::FrameDecoded {
+                        frame_id,
+                        frames_decoded: self.decoded,
+                        queue_depth: 0,
+                    });
+                }
+            }
+            Ok(ToBrowser::Disconnected { reason }) => bail!("disconnected: {reason}"),
+            Ok(_) => {}
+            Err(e) => bail!("undecodable message: {e}"),
+        }
+        if !acks || !ctl.acking.load(Relaxed) {
+            // Not acknowledging: a pause is expected, not a stall.
+            self.last_frame = None;
+        }
+        Ok(ack)
+    }
 }
 
 fn outcome_name(status: u16, body: &str) -> String {

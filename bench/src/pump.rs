@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rdpwire::protocol::{FromBrowser, ToBrowser};
+use rdpwire::protocol::FromBrowser;
 use tungstenite::{Message, WebSocket};
 
-use crate::browsers::{Control, Env, Paced, Stats, PING_EVERY, STALL};
-use crate::servers;
+use crate::browsers::{Control, Env, Paced, PageState, Stats, PING_EVERY};
 
 const WAKER: Token = Token(usize::MAX);
 /// The longest a pump sleeps before it looks at the control flags and the ping timers.
@@ -37,8 +36,7 @@ struct Live {
     stats: Arc<Stats>,
     next_ping: Instant,
     nonce: u64,
-    decoded: u32,
-    last_frame: Option<Instant>,
+    page: PageState,
 }
 
 /// A pump thread.
@@ -130,8 +128,7 @@ fn run(mut poll: Poll, rx: Receiver<Page>, env: &Env, ctl: &Control) {
                 stats: page.stats,
                 next_ping: Instant::now() + PING_EVERY,
                 nonce: 0,
-                decoded: 0,
-                last_frame: None,
+                page: PageState::default(),
             };
             if let Err(e) = registered {
                 live.stats
@@ -223,45 +220,8 @@ fn service(live: &mut Live, env: &Env, ctl: &Control) -> Result<()> {
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let received = servers::now_ns();
-        let st = &live.stats;
-        match ToBrowser::decode(&msg) {
-            Ok(ToBrowser::Avc420 { access_unit, .. }) => {
-                st.bytes.fetch_add(access_unit.len() as u64, Relaxed);
-                if ctl.recording.load(Relaxed) {
-                    if let Some(sent) = servers::read_stamp(&access_unit) {
-                        env.record_latency(received.saturating_sub(sent));
-                    }
-                }
-            }
-            Ok(ToBrowser::EndFrame { frame_id }) => {
-                st.frames.fetch_add(1, Relaxed);
-                live.decoded = live.decoded.wrapping_add(1);
-                let now = Instant::now();
-                let acking = ctl.acking.load(Relaxed);
-                if let Some(prev) = live.last_frame {
-                    if acking && ctl.recording.load(Relaxed) && now - prev > STALL {
-                        st.stalls.fetch_add(1, Relaxed);
-                    }
-                }
-                live.last_frame = Some(now);
-                st.settle(env, true);
-                if acking {
-                    let ack = FromBrowser::FrameDecoded {
-                        frame_id,
-                        frames_decoded: live.decoded,
-                        queue_depth: 0,
-                    };
-                    send(&mut live.ws, &ack)?;
-                }
-            }
-            Ok(ToBrowser::Disconnected { reason }) => bail!("disconnected: {reason}"),
-            Ok(_) => {}
-            Err(e) => bail!("undecodable message: {e}"),
-        }
-        if !ctl.acking.load(Relaxed) {
-            // Not acknowledging: a pause is expected, not a stall.
-            live.last_frame = None;
+        if let Some(ack) = live.page.on_message(env, ctl, &live.stats, true, &msg)? {
+            send(&mut live.ws, &ack)?;
         }
     }
 }
