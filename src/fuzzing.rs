@@ -4,27 +4,19 @@
 //! result away; the only thing under test is that nothing panics, loops or allocates without
 //! bound. See `docs/security.md`, section "Fuzzing".
 
-use std::any::TypeId;
-
-use ironrdp_connector::connection_activation::ConnectionActivationFactory;
-use ironrdp_connector::{ConnectionResult, DesktopSize};
 use ironrdp_core::encode_vec;
 use ironrdp_dvc::pdu::{
     CapabilitiesRequestPdu, CreateRequestPdu, DataFirstPdu, DataPdu, DrdynvcDataPdu,
     DrdynvcServerPdu,
 };
-use ironrdp_dvc::DrdynvcClient;
-use ironrdp_pdu::rdp::capability_sets::InputFlags;
 use ironrdp_pdu::Action;
 use ironrdp_svc::{server_encode_svc_messages, SvcMessage};
 
 use crate::demo::hostile::RawPdu;
 use crate::protocol::{FromBrowser, ToBrowser};
-use crate::rdp::dvc::BoundedDrdynvc;
-use crate::rdp::egfx::GfxChannel;
 use crate::rdp::large::LargeBudget;
-use crate::rdp::target::{Target, TlsPolicy};
-use crate::rdp::{connection, Session};
+use crate::rdp::session::connected_for_graphics;
+use crate::rdp::Session;
 use crate::token::envelope::{self, SealingKey};
 
 /// The fixed key the token target opens with (id 1, bytes 0..32). Never a real key.
@@ -78,9 +70,7 @@ pub fn token(data: &[u8]) {
     }
 }
 
-const USER_CHANNEL: u16 = 1001;
-const IO_CHANNEL: u16 = 1003;
-const DRDYNVC_CHANNEL: u16 = 1004;
+use crate::rdp::session::graphics_only::{DRDYNVC_CHANNEL, USER_CHANNEL};
 const GFX_DVC: u32 = 5;
 /// What the large-message budget of the fuzzed session holds (one 2 MiB message's cost).
 const FUZZ_BUDGET: usize = 8 << 20;
@@ -172,49 +162,7 @@ fn drain(session: &mut Session, budget: &LargeBudget) {
 
 /// A session as the connector leaves it, with only the graphics channel registered.
 fn connected_session(budget: LargeBudget) -> Session {
-    let target = Target {
-        host: "fuzz-host".into(),
-        port: 3389,
-        username: "fuzz".into(),
-        password: "fuzz".into(),
-        domain: None,
-        tls: TlsPolicy::Insecure,
-    };
-    let size = DesktopSize {
-        width: 1280,
-        height: 720,
-    };
-    let mut static_channels = ironrdp_svc::StaticChannelSet::new();
-    static_channels.insert(
-        BoundedDrdynvc::new(
-            DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()),
-            FUZZ_MAX_MESSAGE,
-        )
-        .with_budget(budget),
-    );
-    static_channels.attach_channel_id(TypeId::of::<BoundedDrdynvc>(), DRDYNVC_CHANNEL);
-    let result = ConnectionResult {
-        io_channel_id: IO_CHANNEL,
-        user_channel_id: USER_CHANNEL,
-        message_channel_id: None,
-        share_id: 1,
-        static_channels,
-        desktop_size: size,
-        input_flags: InputFlags::FASTPATH_INPUT,
-        enable_server_pointer: true,
-        pointer_software_rendering: false,
-        refresh_rect_support: false,
-        suppress_output_support: false,
-        window_support_level: None,
-        monitor_layout: None,
-        activation_factory: ConnectionActivationFactory::new(
-            connection::config(&target, size),
-            IO_CHANNEL,
-            USER_CHANNEL,
-        ),
-        compression_type: None,
-    };
-    let mut session = Session::new("fuzz-host", result, None);
+    let mut session = connected_for_graphics(FUZZ_MAX_MESSAGE, Some(budget));
     while session.next_event().is_some() {}
     session
 }

@@ -681,17 +681,76 @@ fn has_fastpath_input(flags: InputFlags) -> bool {
     flags.intersects(InputFlags::FASTPATH_INPUT | InputFlags::FASTPATH_INPUT_2)
 }
 
+/// Channel ids of a [`connected_for_graphics`] session.
+#[doc(hidden)]
+pub mod graphics_only {
+    pub const USER_CHANNEL: u16 = 1001;
+    pub const IO_CHANNEL: u16 = 1003;
+    pub const DRDYNVC_CHANNEL: u16 = 1004;
+}
+
+/// A session as the connector leaves it after connecting to `test-host`, with only the
+/// graphics channel registered: what the unit tests and the fuzz targets feed server bytes.
+#[doc(hidden)]
+pub fn connected_for_graphics(
+    max_message: usize,
+    large: Option<super::large::LargeBudget>,
+) -> Session {
+    use graphics_only::{DRDYNVC_CHANNEL, IO_CHANNEL, USER_CHANNEL};
+    let target = super::target::Target {
+        host: "test-host".into(),
+        port: 3389,
+        username: "bob".into(),
+        password: "pw".into(),
+        domain: None,
+        tls: super::target::TlsPolicy::Insecure,
+    };
+    let size = DesktopSize {
+        width: 1280,
+        height: 720,
+    };
+    let mut static_channels = ironrdp_svc::StaticChannelSet::new();
+    let d = BoundedDrdynvc::new(
+        DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()),
+        max_message,
+    );
+    static_channels.insert(match large {
+        Some(budget) => d.with_budget(budget),
+        None => d,
+    });
+    static_channels.attach_channel_id(std::any::TypeId::of::<BoundedDrdynvc>(), DRDYNVC_CHANNEL);
+    let result = ConnectionResult {
+        io_channel_id: IO_CHANNEL,
+        user_channel_id: USER_CHANNEL,
+        message_channel_id: None,
+        share_id: 1,
+        static_channels,
+        desktop_size: size,
+        input_flags: InputFlags::FASTPATH_INPUT,
+        enable_server_pointer: true,
+        pointer_software_rendering: false,
+        refresh_rect_support: false,
+        suppress_output_support: false,
+        window_support_level: None,
+        monitor_layout: None,
+        activation_factory: ConnectionActivationFactory::new(
+            super::connection::config(&target, size),
+            IO_CHANNEL,
+            USER_CHANNEL,
+        ),
+        compression_type: None,
+    };
+    Session::new("test-host", result, None)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use std::any::TypeId;
     use std::borrow::Cow;
 
-    use ironrdp_connector::connection_activation::ConnectionActivationFactory;
     use ironrdp_core::encode_vec;
     use ironrdp_dvc::pdu::{CreateRequestPdu, DataPdu, DrdynvcDataPdu, DrdynvcServerPdu};
-    use ironrdp_dvc::DrdynvcClient;
     use ironrdp_egfx::pdu::{
         CapabilitiesConfirmPdu, CapabilitiesV81Flags, CapabilitySet, EndFramePdu,
         FrameAcknowledgePdu, GfxPdu, StartFramePdu, Timestamp,
@@ -703,14 +762,10 @@ mod tests {
     use ironrdp_svc::{server_encode_svc_messages, SvcMessage};
 
     use super::*;
-    use crate::rdp::connection;
     use crate::rdp::egfx::GfxEvent;
     use crate::rdp::input::InputEvent;
-    use crate::rdp::target::{Target, TlsPolicy};
 
-    const USER_CHANNEL: u16 = 1001;
-    const IO_CHANNEL: u16 = 1003;
-    const DRDYNVC_CHANNEL: u16 = 1004;
+    use super::graphics_only::{DRDYNVC_CHANNEL, IO_CHANNEL, USER_CHANNEL};
     const GFX_DVC: u32 = 5;
 
     fn session() -> Session {
@@ -718,50 +773,7 @@ mod tests {
     }
 
     fn session_with(large: Option<crate::rdp::large::LargeBudget>) -> Session {
-        let target = Target {
-            host: "test-host".into(),
-            port: 3389,
-            username: "bob".into(),
-            password: "pw".into(),
-            domain: None,
-            tls: TlsPolicy::Insecure,
-        };
-        let size = DesktopSize {
-            width: 1280,
-            height: 720,
-        };
-        let mut static_channels = ironrdp_svc::StaticChannelSet::new();
-        let d = BoundedDrdynvc::new(
-            DrdynvcClient::new().with_dynamic_channel(GfxChannel::new()),
-            1 << 20,
-        );
-        static_channels.insert(match large {
-            Some(budget) => d.with_budget(budget),
-            None => d,
-        });
-        static_channels.attach_channel_id(TypeId::of::<BoundedDrdynvc>(), DRDYNVC_CHANNEL);
-        let result = ConnectionResult {
-            io_channel_id: IO_CHANNEL,
-            user_channel_id: USER_CHANNEL,
-            message_channel_id: None,
-            share_id: 1,
-            static_channels,
-            desktop_size: size,
-            input_flags: InputFlags::FASTPATH_INPUT,
-            enable_server_pointer: true,
-            pointer_software_rendering: false,
-            refresh_rect_support: false,
-            suppress_output_support: false,
-            window_support_level: None,
-            monitor_layout: None,
-            activation_factory: ConnectionActivationFactory::new(
-                connection::config(&target, size),
-                IO_CHANNEL,
-                USER_CHANNEL,
-            ),
-            compression_type: None,
-        };
-        Session::new("test-host", result, None)
+        connected_for_graphics(1 << 20, large)
     }
 
     fn dvc(pdu: DrdynvcServerPdu) -> Vec<u8> {
