@@ -244,6 +244,32 @@ async fn hand_off(
     }
 }
 
+/// The handshake's answer to a WebSocket upgrade whose key and `Origin` pass, or the refusal
+/// to send (400 for a bad upgrade, 403 for a foreign origin), counted and logged as `what`.
+fn upgrade_answer(
+    core: &Core,
+    head: &RequestHead,
+    peer: SocketAddr,
+    what: &str,
+) -> Result<http::Response<()>, Response> {
+    let accept = head
+        .to_http()
+        .and_then(|req| {
+            tungstenite::handshake::server::create_response(&req)
+                .map_err(|e| HttpError::BadUpgrade(e.to_string()))
+        })
+        .map_err(|err| {
+            CoreCounters::inc(&core.counters.http_rejected);
+            Response::text(400, &err.to_string())
+        })?;
+    if let Err(why) = crate::http::origin::check(head, &core.settings.allowed_origins) {
+        CoreCounters::inc(&core.counters.http_rejected);
+        info!(%peer, reason = %why, "{what}");
+        return Err(Response::text(403, &why));
+    }
+    Ok(accept)
+}
+
 /// Upgrades a request to resume session `id` on this core: no admission (the session holds
 /// its share already); the page's first message must be its Resume with the ticket, within
 /// the HTTP timeout, and the pending-connection cap covers the wait.
@@ -255,24 +281,13 @@ async fn resume_upgrade(
     peer: SocketAddr,
     id: u64,
 ) {
-    let accept = head.to_http().and_then(|req| {
-        tungstenite::handshake::server::create_response(&req)
-            .map_err(|e| HttpError::BadUpgrade(e.to_string()))
-    });
-    let accept = match accept {
+    let accept = match upgrade_answer(&core, head, peer, "resume refused") {
         Ok(a) => a,
-        Err(err) => {
-            CoreCounters::inc(&core.counters.http_rejected);
-            respond_and_close(stream, &Response::text(400, &err.to_string()), false).await;
+        Err(refusal) => {
+            respond_and_close(stream, &refusal, false).await;
             return;
         }
     };
-    if let Err(why) = crate::http::origin::check(head, &core.settings.allowed_origins) {
-        CoreCounters::inc(&core.counters.http_rejected);
-        info!(%peer, reason = %why, "resume refused");
-        respond_and_close(stream, &Response::text(403, &why), false).await;
-        return;
-    }
     if core.pending_http.get() >= core.settings.max_pending_http {
         CoreCounters::inc(&core.counters.http_rejected);
         let r = Response::unavailable(
@@ -302,24 +317,13 @@ async fn upgrade(
     leftover: Vec<u8>,
     peer: SocketAddr,
 ) {
-    let accept = head.to_http().and_then(|req| {
-        tungstenite::handshake::server::create_response(&req)
-            .map_err(|e| HttpError::BadUpgrade(e.to_string()))
-    });
-    let accept = match accept {
+    let accept = match upgrade_answer(&core, head, peer, "upgrade refused") {
         Ok(a) => a,
-        Err(err) => {
-            CoreCounters::inc(&core.counters.http_rejected);
-            respond_and_close(stream, &Response::text(400, &err.to_string()), false).await;
+        Err(refusal) => {
+            respond_and_close(stream, &refusal, false).await;
             return;
         }
     };
-    if let Err(why) = crate::http::origin::check(head, &core.settings.allowed_origins) {
-        CoreCounters::inc(&core.counters.http_rejected);
-        info!(%peer, reason = %why, "upgrade refused");
-        respond_and_close(stream, &Response::text(403, &why), false).await;
-        return;
-    }
     if core.telemetry.is_draining() {
         CoreCounters::inc(&core.counters.sessions_refused);
         let r = Response::unavailable(
